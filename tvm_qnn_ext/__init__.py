@@ -1,0 +1,7 @@
+"""tvm_qnn_ext: integer-exact compilation of pre-quantized models with Apache TVM 0.27."""
+
+from . import op  # noqa: F401  (registers the QNN dialect)
+from .compile import CompiledModel, compile_model
+
+__version__ = "0.1.0"
+__all__ = ["CompiledModel", "compile_model"]

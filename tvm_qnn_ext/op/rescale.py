@@ -1,0 +1,208 @@
+"""qnn.quantize, qnn.dequantize and qnn.requantize."""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax, te, tirx
+
+from ..quantization import INTEGER_MODES, check_rounding, dtype_range, quantize_multiplier
+from . import fixed_point_te as fp
+from .common import (
+    at,
+    attr,
+    check_axis_length,
+    expect_dtype,
+    per_axis,
+    scales,
+    tensor_type,
+    zero_points,
+)
+from .registry import make_call, register_op
+
+QUANT_DTYPES = ("int8", "uint8", "int16")
+ACC_DTYPES = ("int8", "uint8", "int16", "int32")
+
+
+def _axis(call, ty) -> int | None:
+    axis = attr(call, "axis")
+    return None if axis is None else int(axis) % max(ty.ndim, 1)
+
+
+def _bounds(call, dtype: str) -> tuple[int, int]:
+    lo, hi = dtype_range(dtype)
+    out_min, out_max = attr(call, "out_min"), attr(call, "out_max")
+    return (lo if out_min is None else max(lo, int(out_min)),
+            hi if out_max is None else min(hi, int(out_max)))
+
+
+def _channel_index(idx, axis):
+    return 0 if axis is None else idx[axis]
+
+
+def requantize(
+    x: relax.Expr,
+    in_scale,
+    in_zero_point,
+    out_scale,
+    out_zero_point,
+    out_dtype: str = "int8",
+    axis: int | None = None,
+    rounding: str = "tflite",
+    out_min: int | None = None,
+    out_max: int | None = None,
+) -> relax.Call:
+    """Rescale an integer tensor; per-axis when ``in_scale``/``out_scale`` are sequences."""
+    check_rounding(rounding)
+    return make_call(
+        "qnn.requantize",
+        [x],
+        dict(
+            in_scale=_floats(in_scale), in_zero_point=_ints(in_zero_point),
+            out_scale=_floats(out_scale), out_zero_point=_ints(out_zero_point),
+            out_dtype=out_dtype, axis=axis, rounding=rounding, out_min=out_min, out_max=out_max,
+        ),
+    )
+
+
+def quantize(x, scale, zero_point, out_dtype="int8", axis=None, rounding="tflite") -> relax.Call:
+    check_rounding(rounding)
+    return make_call(
+        "qnn.quantize",
+        [x],
+        dict(scale=_floats(scale), zero_point=_ints(zero_point), out_dtype=out_dtype, axis=axis,
+             rounding=rounding),
+    )
+
+
+def dequantize(x, scale, zero_point, axis=None) -> relax.Call:
+    return make_call(
+        "qnn.dequantize", [x], dict(scale=_floats(scale), zero_point=_ints(zero_point), axis=axis)
+    )
+
+
+def _floats(v) -> list[float]:
+    return [float(s) for s in np.atleast_1d(np.asarray(v, dtype=np.float64))]
+
+
+def _ints(v) -> list[int]:
+    return [int(z) for z in np.atleast_1d(np.asarray(v, dtype=np.int64))]
+
+
+@register_op("qnn.requantize", 1, "Rescale integers between two (scale, zero point) pairs")
+class Requantize:
+    @staticmethod
+    def infer(call, bb):
+        ty = tensor_type(call, 0, "input")
+        expect_dtype(call, "input", ty.dtype, ACC_DTYPES)
+        out_dtype = attr(call, "out_dtype")
+        expect_dtype(call, "out_dtype", out_dtype, QUANT_DTYPES + ("int32",))
+        axis = _axis(call, ty)
+        in_s, out_s = scales(call, "in_scale"), scales(call, "out_scale")
+        zero_points(call, "in_zero_point", ty.dtype)
+        zero_points(call, "out_zero_point", out_dtype)
+        for key, v in (("in_scale", in_s), ("out_scale", out_s)):
+            check_axis_length(call, key, v, ty, axis)
+        return relax.TensorType(ty.shape, out_dtype)
+
+    @staticmethod
+    def legalize(bb, call):
+        ty = call.args[0].ty
+        axis = _axis(call, ty)
+        out_dtype = attr(call, "out_dtype")
+        rounding = attr(call, "rounding", "tflite")
+        real = scales(call, "in_scale") / scales(call, "out_scale")
+        in_zp = zero_points(call, "in_zero_point", ty.dtype)
+        out_zp = zero_points(call, "out_zero_point", out_dtype)
+        lo, hi = _bounds(call, out_dtype)
+        if rounding in INTEGER_MODES:
+            m, s = quantize_multiplier(real, rounding)
+            params = [per_axis(m, "int32"), per_axis(s, "int32"), per_axis(in_zp, "int32"),
+                      per_axis(out_zp, "int32")]
+
+            def rescale(c, v, m, s):
+                return fp.multiply_by_quantized_multiplier(v, at(m, c), at(s, c), rounding)
+        else:
+            params = [per_axis(real.astype(np.float32), "float32"), 0, per_axis(in_zp, "int32"),
+                      per_axis(out_zp, "int32")]
+
+            def rescale(c, v, m, _s):
+                prod = v.astype("float32") * at(m, c)
+                return fp.round_half_even_f32(prod).astype("int64")
+
+        def compute(x, m, s, izp, ozp):
+            def elem(*idx):
+                c = _channel_index(idx, axis)
+                v = x(*idx).astype("int64") - fp._i64(at(izp, c))
+                return fp.clamp_cast(rescale(c, v, m, s) + fp._i64(at(ozp, c)), lo, hi, out_dtype)
+
+            return te.compute(x.shape, elem, name="requantize")
+
+        return bb.call_te(compute, call.args[0], *params, primfunc_name_hint="qnn_requantize")
+
+
+@register_op("qnn.quantize", 1, "float32 -> quantized integer, saturating")
+class Quantize:
+    @staticmethod
+    def infer(call, bb):
+        ty = tensor_type(call, 0, "input")
+        expect_dtype(call, "input", ty.dtype, ("float32",))
+        out_dtype = attr(call, "out_dtype")
+        zero_points(call, "zero_point", out_dtype)
+        check_axis_length(call, "scale", scales(call, "scale"), ty, _axis(call, ty))
+        return relax.TensorType(ty.shape, out_dtype)
+
+    @staticmethod
+    def legalize(bb, call):
+        ty = call.args[0].ty
+        axis = _axis(call, ty)
+        out_dtype = attr(call, "out_dtype")
+        rounding = attr(call, "rounding", "tflite")
+        s = scales(call, "scale").astype(np.float32)
+        zp = zero_points(call, "zero_point", out_dtype)
+        lo, hi = dtype_range(out_dtype)
+
+        def compute(x, s, zp):
+            def elem(*idx):
+                c = _channel_index(idx, axis)
+                v = x(*idx)
+                if rounding == "float":
+                    r = te.round(v * (tirx.const(1.0, "float32") / at(s, c)))
+                else:
+                    q = v / at(s, c)
+                    r = tirx.Select(q >= 0, te.floor(q + 0.5), te.ceil(q - 0.5))  # half away
+                r = tirx.max(tirx.min(r, tirx.const(2.0**40, "float32")),
+                             tirx.const(-(2.0**40), "float32"))
+                return fp.clamp_cast(r.astype("int64") + fp._i64(at(zp, c)), lo, hi, out_dtype)
+
+            return te.compute(x.shape, elem, name="quantize")
+
+        return bb.call_te(compute, call.args[0], per_axis(s, "float32"), per_axis(zp, "int32"),
+                          primfunc_name_hint="qnn_quantize")
+
+
+@register_op("qnn.dequantize", 1, "quantized integer -> float32")
+class Dequantize:
+    @staticmethod
+    def infer(call, bb):
+        ty = tensor_type(call, 0, "input")
+        expect_dtype(call, "input", ty.dtype, ACC_DTYPES)
+        zero_points(call, "zero_point", ty.dtype)
+        check_axis_length(call, "scale", scales(call, "scale"), ty, _axis(call, ty))
+        return relax.TensorType(ty.shape, "float32")
+
+    @staticmethod
+    def legalize(bb, call):
+        ty = call.args[0].ty
+        axis = _axis(call, ty)
+        s = scales(call, "scale").astype(np.float32)
+        zp = zero_points(call, "zero_point", ty.dtype)
+
+        def compute(x, s, zp):
+            def elem(*idx):
+                c = _channel_index(idx, axis)
+                return (x(*idx).astype("int32") - at(zp, c)).astype("float32") * at(s, c)
+
+            return te.compute(x.shape, elem, name="dequantize")
+
+        return bb.call_te(compute, call.args[0], per_axis(s, "float32"), per_axis(zp, "int32"),
+                          primfunc_name_hint="qnn_dequantize")
