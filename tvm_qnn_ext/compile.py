@@ -42,7 +42,7 @@ class CompiledModel:
         if len(arrays) != len(self.inputs):
             raise ValueError(f"model takes {len(self.inputs)} inputs, got {len(arrays)}")
         args = []
-        for spec, a in zip(self.inputs, arrays):
+        for spec, a in zip(self.inputs, arrays, strict=False):
             a = np.asarray(a)
             if a.dtype != np.dtype(spec.dtype):
                 raise TypeError(f"input {spec.name!r}: expected dtype {spec.dtype}, got {a.dtype}")
@@ -57,8 +57,11 @@ class CompiledModel:
         path = Path(path)
         self.executable.export_library(str(path))
         spec_path = path.with_suffix(path.suffix + ".inputs.npy")
-        np.save(spec_path, np.array([(s.name, s.shape, s.dtype) for s in self.inputs], dtype=object),
-                allow_pickle=True)
+        np.save(
+            spec_path,
+            np.array([(s.name, s.shape, s.dtype) for s in self.inputs], dtype=object),
+            allow_pickle=True,
+        )
         return path
 
     @classmethod

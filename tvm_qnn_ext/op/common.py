@@ -48,7 +48,9 @@ def static_shape(call: relax.Call, what: str, ty: relax.TensorType) -> tuple[int
     try:
         return tuple(int(d) for d in ty.shape.values)
     except (TypeError, AttributeError):
-        raise QnnTypeError(f"{op_name(call)}: {what} needs a static shape, got {ty.shape}") from None
+        raise QnnTypeError(
+            f"{op_name(call)}: {what} needs a static shape, got {ty.shape}"
+        ) from None
 
 
 def scales(call: relax.Call, key: str) -> np.ndarray:

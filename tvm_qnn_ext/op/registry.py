@@ -36,9 +36,7 @@ class OpDef:
 OPS: dict[str, OpDef] = {}
 
 
-def register_op(
-    name: str, num_inputs: int, description: str
-) -> Callable[[type], type]:
+def register_op(name: str, num_inputs: int, description: str) -> Callable[[type], type]:
     """Class decorator: the class provides static ``infer(call, bb)`` and ``legalize(bb, call)``."""
 
     def wrap(cls: type) -> type:

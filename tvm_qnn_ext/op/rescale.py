@@ -31,8 +31,10 @@ def _axis(call, ty) -> int | None:
 def _bounds(call, dtype: str) -> tuple[int, int]:
     lo, hi = dtype_range(dtype)
     out_min, out_max = attr(call, "out_min"), attr(call, "out_max")
-    return (lo if out_min is None else max(lo, int(out_min)),
-            hi if out_max is None else min(hi, int(out_max)))
+    return (
+        lo if out_min is None else max(lo, int(out_min)),
+        hi if out_max is None else min(hi, int(out_max)),
+    )
 
 
 def _channel_index(idx, axis):
@@ -57,9 +59,15 @@ def requantize(
         "qnn.requantize",
         [x],
         dict(
-            in_scale=_floats(in_scale), in_zero_point=_ints(in_zero_point),
-            out_scale=_floats(out_scale), out_zero_point=_ints(out_zero_point),
-            out_dtype=out_dtype, axis=axis, rounding=rounding, out_min=out_min, out_max=out_max,
+            in_scale=_floats(in_scale),
+            in_zero_point=_ints(in_zero_point),
+            out_scale=_floats(out_scale),
+            out_zero_point=_ints(out_zero_point),
+            out_dtype=out_dtype,
+            axis=axis,
+            rounding=rounding,
+            out_min=out_min,
+            out_max=out_max,
         ),
     )
 
@@ -69,8 +77,13 @@ def quantize(x, scale, zero_point, out_dtype="int8", axis=None, rounding="tflite
     return make_call(
         "qnn.quantize",
         [x],
-        dict(scale=_floats(scale), zero_point=_ints(zero_point), out_dtype=out_dtype, axis=axis,
-             rounding=rounding),
+        dict(
+            scale=_floats(scale),
+            zero_point=_ints(zero_point),
+            out_dtype=out_dtype,
+            axis=axis,
+            rounding=rounding,
+        ),
     )
 
 
@@ -116,14 +129,22 @@ class Requantize:
         lo, hi = _bounds(call, out_dtype)
         if rounding in INTEGER_MODES:
             m, s = quantize_multiplier(real, rounding)
-            params = [per_axis(m, "int32"), per_axis(s, "int32"), per_axis(in_zp, "int32"),
-                      per_axis(out_zp, "int32")]
+            params = [
+                per_axis(m, "int32"),
+                per_axis(s, "int32"),
+                per_axis(in_zp, "int32"),
+                per_axis(out_zp, "int32"),
+            ]
 
             def rescale(c, v, m, s):
                 return fp.multiply_by_quantized_multiplier(v, at(m, c), at(s, c), rounding)
         else:
-            params = [per_axis(real.astype(np.float32), "float32"), 0, per_axis(in_zp, "int32"),
-                      per_axis(out_zp, "int32")]
+            params = [
+                per_axis(real.astype(np.float32), "float32"),
+                0,
+                per_axis(in_zp, "int32"),
+                per_axis(out_zp, "int32"),
+            ]
 
             def rescale(c, v, m, _s):
                 prod = v.astype("float32") * at(m, c)
@@ -170,14 +191,20 @@ class Quantize:
                 else:
                     q = v / at(s, c)
                     r = tirx.Select(q >= 0, te.floor(q + 0.5), te.ceil(q - 0.5))  # half away
-                r = tirx.max(tirx.min(r, tirx.const(2.0**40, "float32")),
-                             tirx.const(-(2.0**40), "float32"))
+                r = tirx.max(
+                    tirx.min(r, tirx.const(2.0**40, "float32")), tirx.const(-(2.0**40), "float32")
+                )
                 return fp.clamp_cast(r.astype("int64") + fp._i64(at(zp, c)), lo, hi, out_dtype)
 
             return te.compute(x.shape, elem, name="quantize")
 
-        return bb.call_te(compute, call.args[0], per_axis(s, "float32"), per_axis(zp, "int32"),
-                          primfunc_name_hint="qnn_quantize")
+        return bb.call_te(
+            compute,
+            call.args[0],
+            per_axis(s, "float32"),
+            per_axis(zp, "int32"),
+            primfunc_name_hint="qnn_quantize",
+        )
 
 
 @register_op("qnn.dequantize", 1, "quantized integer -> float32")
@@ -204,5 +231,10 @@ class Dequantize:
 
             return te.compute(x.shape, elem, name="dequantize")
 
-        return bb.call_te(compute, call.args[0], per_axis(s, "float32"), per_axis(zp, "int32"),
-                          primfunc_name_hint="qnn_dequantize")
+        return bb.call_te(
+            compute,
+            call.args[0],
+            per_axis(s, "float32"),
+            per_axis(zp, "int32"),
+            primfunc_name_hint="qnn_dequantize",
+        )

@@ -57,9 +57,7 @@ def broadcast_param(p, ndim: int, axis: int | None, dtype=np.float64) -> np.ndar
     if p.size == 1:
         return p.reshape(())
     if axis is None:
-        raise QuantizationParamError(
-            f"per-axis parameter of length {p.size} needs an axis"
-        )
+        raise QuantizationParamError(f"per-axis parameter of length {p.size} needs an axis")
     axis = axis % ndim if ndim else 0
     shape = [1] * ndim
     shape[axis] = p.size

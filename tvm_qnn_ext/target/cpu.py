@@ -11,7 +11,14 @@ from tvm.target import codegen
 
 # Features that decide which int8 kernels can run, by LLVM feature name.
 INT8_FEATURES = (
-    "avx2", "avx512bw", "avx512vnni", "avxvnni", "neon", "dotprod", "i8mm", "sve",
+    "avx2",
+    "avx512bw",
+    "avx512vnni",
+    "avxvnni",
+    "neon",
+    "dotprod",
+    "i8mm",
+    "sve",
 )
 
 

@@ -1,0 +1,1 @@
+"""Test support: batch compilation of many small cases, model builders and oracles."""
