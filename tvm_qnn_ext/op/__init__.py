@@ -3,8 +3,19 @@
 Each family lives in its own module; importing this package registers all of them.
 """
 
-from . import rescale  # noqa: F401  (registers ops)
+from . import conv, rescale  # noqa: F401  (registers ops)
+from .conv import conv2d
+from .dense import dense  # the function shadows the submodule name
 from .registry import OPS, QnnTypeError, make_call
 from .rescale import dequantize, quantize, requantize
 
-__all__ = ["OPS", "QnnTypeError", "dequantize", "make_call", "quantize", "requantize"]
+__all__ = [
+    "OPS",
+    "QnnTypeError",
+    "conv2d",
+    "dense",
+    "dequantize",
+    "make_call",
+    "quantize",
+    "requantize",
+]

@@ -1,5 +1,6 @@
 """Reference integer arithmetic in numpy: the single source of truth for ops, passes and tests."""
 
+from . import conv  # noqa: F401  (conv2d / dense reference accumulators)
 from .affine import dequantize, quantize, requantize, round_half_away, saturate
 from .fixed_point import (
     INTEGER_MODES,
