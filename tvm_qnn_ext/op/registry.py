@@ -10,8 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import tvm
+import tvm_ffi
 from tvm import relax
 from tvm.ir import Op
+
+from ..quantization.params import QuantizationParamError
 
 InferFn = Callable[[relax.Call, relax.BlockBuilder], relax.TensorType]
 LegalizeFn = Callable[[relax.BlockBuilder, relax.Call], relax.Expr]
@@ -22,6 +25,11 @@ _LEVEL = 11
 
 class QnnTypeError(TypeError):
     """An operand of a QNN op has the wrong dtype, rank or per-axis length."""
+
+
+# Errors raised inside FInferType/FLegalize cross the FFI; registered, they keep their type.
+tvm_ffi.register_error(QnnTypeError)
+tvm_ffi.register_error(QuantizationParamError)
 
 
 @dataclass(frozen=True)
