@@ -6,7 +6,13 @@ import numpy as np
 
 from .fixed_point import INTEGER_MODES, check_rounding, multiply_by_quantized_multiplier
 from .fixed_point import quantize_multiplier as _quantize_multiplier
-from .params import broadcast_param, check_scale, check_zero_point, dtype_range
+from .params import (
+    broadcast_param,
+    check_scale,
+    check_zero_point,
+    dtype_range,
+    is_quantized_dtype,
+)
 
 
 def round_half_away(x: np.ndarray) -> np.ndarray:
@@ -32,8 +38,11 @@ def quantize(
     """float32 -> integer.  TFLite: round_half_away(x / s) + zp; float: rint(x * (1/s)) + zp."""
     check_rounding(rounding)
     x = np.asarray(x, dtype=np.float32)
-    s = broadcast_param(check_scale(scale, "quantize"), x.ndim, axis, np.float32)
-    zp = broadcast_param(check_zero_point(zero_point, dtype, "quantize"), x.ndim, axis, np.int64)
+    s = broadcast_param(
+        check_scale(scale, "quantize"), x.ndim, axis, np.float32, shape=x.shape, what="scale"
+    )
+    zp = check_zero_point(zero_point, dtype, "quantize")
+    zp = broadcast_param(zp, x.ndim, axis, np.int64, shape=x.shape, what="zero point")
     if rounding == "float":
         q = np.rint(x * (np.float32(1.0) / s))
     else:
@@ -46,8 +55,11 @@ def quantize(
 def dequantize(q: np.ndarray, scale, zero_point, axis: int | None = None) -> np.ndarray:
     """integer -> float32: float32(q - zp) * s."""
     q = np.asarray(q)
-    s = broadcast_param(check_scale(scale, "dequantize"), q.ndim, axis, np.float32)
-    zp = broadcast_param(np.asarray(zero_point, dtype=np.int64), q.ndim, axis, np.int64)
+    s = broadcast_param(
+        check_scale(scale, "dequantize"), q.ndim, axis, np.float32, shape=q.shape, what="scale"
+    )
+    zp = _input_zero_point(zero_point, q.dtype, "dequantize")
+    zp = broadcast_param(zp, q.ndim, axis, np.int64, shape=q.shape, what="zero point")
     return (q.astype(np.int64) - zp).astype(np.float32) * s
 
 
@@ -71,12 +83,16 @@ def requantize(
     ``out_min``/``out_max`` narrow the saturation range (fused activations).
     """
     check_rounding(rounding)
-    x = np.asarray(x).astype(np.int64)
-    in_s = check_scale(in_scale, "requantize")
-    out_s = check_scale(out_scale, "requantize")
-    real = broadcast_param(in_s.astype(np.float64) / out_s.astype(np.float64), x.ndim, axis)
-    izp = broadcast_param(np.asarray(in_zp, dtype=np.int64), x.ndim, axis, np.int64)
-    ozp = broadcast_param(check_zero_point(out_zp, out_dtype, "requantize"), x.ndim, axis, np.int64)
+    x = np.asarray(x)
+    izp = _input_zero_point(in_zp, x.dtype, "requantize")
+    x = x.astype(np.int64)
+    kw = dict(ndim=x.ndim, axis=axis, shape=x.shape)
+    in_s = broadcast_param(check_scale(in_scale, "requantize"), **kw, what="input scale")
+    out_s = broadcast_param(check_scale(out_scale, "requantize"), **kw, what="output scale")
+    real = in_s / out_s
+    izp = broadcast_param(izp, **kw, dtype=np.int64, what="input zero point")
+    ozp = check_zero_point(out_zp, out_dtype, "requantize")
+    ozp = broadcast_param(ozp, **kw, dtype=np.int64, what="output zero point")
     centered = x - izp
     if rounding in INTEGER_MODES:
         m, s = _quantize_multiplier(real, rounding)
@@ -85,3 +101,10 @@ def requantize(
         y = np.rint(centered.astype(np.float32) * real.astype(np.float32))
         y = np.clip(y, -(2.0**40), 2.0**40).astype(np.int64)
     return saturate(y + ozp, out_dtype, out_min, out_max)
+
+
+def _input_zero_point(zero_point, dtype, where: str) -> np.ndarray:
+    """An input's zero point must lie in its dtype's range (when that is a quantized dtype)."""
+    if is_quantized_dtype(dtype):
+        return check_zero_point(zero_point, str(dtype), where)
+    return np.asarray(zero_point, dtype=np.int64)

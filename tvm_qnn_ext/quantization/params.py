@@ -51,14 +51,31 @@ def check_zero_point(zero_point, dtype: str, where: str = "zero point") -> np.nd
     return zp
 
 
-def broadcast_param(p, ndim: int, axis: int | None, dtype=np.float64) -> np.ndarray:
-    """Shape a per-tensor (scalar) or per-axis (1-D) parameter to broadcast against a tensor."""
+def broadcast_param(
+    p, ndim: int, axis: int | None, dtype=np.float64, *, shape=None, what: str = "parameter"
+) -> np.ndarray:
+    """Shape a per-tensor (scalar) or per-axis (1-D) parameter to broadcast against a tensor.
+
+    With ``shape`` (the tensor's shape) a per-axis parameter must match its axis' length.
+    """
     p = np.asarray(p, dtype=dtype)
     if p.size == 1:
         return p.reshape(())
     if axis is None:
-        raise QuantizationParamError(f"per-axis parameter of length {p.size} needs an axis")
-    axis = axis % ndim if ndim else 0
-    shape = [1] * ndim
-    shape[axis] = p.size
-    return p.reshape(shape)
+        raise QuantizationParamError(f"per-axis {what} of length {p.size} needs an axis")
+    if not -ndim <= axis < ndim:
+        raise QuantizationParamError(
+            f"per-axis {what}: axis {axis} out of range for a tensor of rank {ndim}"
+        )
+    axis = axis % ndim
+    if shape is not None and shape[axis] != p.size:
+        raise QuantizationParamError(
+            f"per-axis {what} has {p.size} values but axis {axis} has length {shape[axis]}"
+        )
+    bshape = [1] * ndim
+    bshape[axis] = p.size
+    return p.reshape(bshape)
+
+
+def is_quantized_dtype(dtype) -> bool:
+    return str(dtype) in _RANGES
