@@ -25,7 +25,7 @@ def _specs(func: relax.Function) -> list[TensorSpec]:
     for p in func.params:
         ty = p.ty
         shape = tuple(int(d) for d in ty.shape.values) if ty.shape is not None else ()
-        specs.append(TensorSpec(p.name_hint, shape, str(ty.dtype)))
+        specs.append(TensorSpec(str(p.name), shape, str(ty.dtype)))
     return specs
 
 

@@ -21,9 +21,20 @@ def _max0(v):
     return max(int(v), 0)
 
 
+def _sign_fix(x: PrimExpr, half: PrimExpr) -> PrimExpr:
+    """1 when ``x < 0`` and ``half > 0``, else 0: turns round-half-up into half-away."""
+    return tirx.Select(x < _i64(0), tirx.min(half, _i64(1)), _i64(0))
+
+
 def multiply_by_quantized_multiplier(x, multiplier, shift, rounding: str) -> PrimExpr:
     """``x * multiplier * 2**(shift - 31)`` rounded per ``rounding``; returns an int64 value
-    that already lies in the int32 range.  ``multiplier``/``shift`` are ints or PrimExprs."""
+    that lies in the int32 range.  ``multiplier``/``shift`` are ints or PrimExprs.
+
+    The multiplier must be non-negative (scales are positive).  That lets each rounding step be
+    written with its operand used at most twice, which keeps fused TIR small: for
+    ``b >= 0``, SaturatingRoundingDoublingHighMul(a, b) == (a*b + 2^30) >> 31 exactly, and
+    RoundingDivideByPOT(x, e) == (x + 2^(e-1) - [x < 0 and e > 0]) >> e.
+    """
     x = _i64(x)
     m = _i64(multiplier)
     if rounding == "tflite":
@@ -31,22 +42,15 @@ def multiply_by_quantized_multiplier(x, multiplier, shift, rounding: str) -> Pri
         right = _i64(_max0(-shift if not isinstance(shift, PrimExpr) else -_i64(shift)))
         # TFLite shifts in int32, so the left shift wraps like C on two's complement.
         xl = (x.astype("int32") << left.astype("int32")).astype(I64)
-        ab = xl * m
-        nudge = tirx.Select(ab >= 0, _i64(1 << 30), _i64(1 - (1 << 30)))
-        s = ab + nudge
-        high = tirx.Select(s >= 0, s >> _i64(31), -((-s) >> _i64(31)))
-        mask = (_i64(1) << right) - _i64(1)
-        threshold = (mask >> _i64(1)) + tirx.Select(high < 0, _i64(1), _i64(0))
-        return (high >> right) + tirx.Select((high & mask) > threshold, _i64(1), _i64(0))
-    total = _i64(31) - _i64(shift)
-    prod = x * m
-    half = _i64(1) << (total - _i64(1))
-    if rounding in ("tflite_single", "upward"):
-        rnd = half
-    elif rounding == "tonearest":
-        rnd = tirx.Select(prod < 0, half - _i64(1), half)
-    else:
+        high = (xl * m + _i64(1 << 30)) >> _i64(31)
+        half = (_i64(1) << right) >> _i64(1)
+        return (high + half - _sign_fix(high, half)) >> right
+    if rounding not in ("tflite_single", "upward", "tonearest"):
         raise ValueError(f"no fixed-point lowering for rounding mode {rounding!r}")
+    total = _i64(31) - _i64(shift)
+    half = _i64(1) << (total - _i64(1))
+    prod = x * m
+    rnd = half - _sign_fix(prod, half) if rounding == "tonearest" else half
     out = (prod + rnd) >> total
     return tirx.max(tirx.min(out, _i64(2**31 - 1)), _i64(-(2**31)))
 
