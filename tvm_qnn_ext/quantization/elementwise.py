@@ -1,0 +1,330 @@
+"""Reference kernels for quantized add, subtract, multiply and concatenate.
+
+Each rounding mode reproduces one framework:
+
+* ``"tflite"`` / ``"tflite_single"``: LiteRT's builtin int8/uint8/int16 kernels.  ADD/SUB bring
+  both inputs to a common scale ``2 * max(s1, s2)`` with ``x << left_shift`` (20 for 8-bit,
+  15 for int16) and a multiplier below one, add, then rescale by ``2 * max / (2^ls * s_out)``.
+  MUL rescales ``(x1 - zp1) * (x2 - zp2)`` by ``float32(float32(s1 * s2) / s_out)`` (TFLite
+  forms that multiplier in single precision).
+* ``"upward"`` / ``"tonearest"``: Relay QNN.  add/subtract requantize each input to the output
+  (scale, zero point) in int32 and combine; multiply requantizes the product from scale
+  ``float32(s1 * s2)``.
+* ``"float"``: PyTorch.  add/subtract: ``float32(x - zp) * s`` for both inputs, combine in
+  float32, ``rint(y * float32(1 / s_out)) + zp_out``.  multiply: ``rint(float32(c) * m) + zp``
+  with ``c`` the integer product and ``m = float32(s1 * s2) * float32(1 / s_out)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .affine import requantize, round_half_away, saturate
+from .fixed_point import (
+    INTEGER_MODES,
+    check_rounding,
+    multiply_by_quantized_multiplier,
+    quantize_multiplier,
+)
+from .params import check_scale, check_zero_point, dtype_range
+
+ELEMENTWISE_DTYPES = ("int8", "uint8", "int16")
+
+
+def _scalar_scale(scale, where: str) -> float:
+    s = check_scale(scale, where)
+    if s.size != 1:
+        raise ValueError(f"{where}: per-tensor scale expected, got {s.size} values")
+    return float(s.reshape(()))
+
+
+def _scalar_zp(zp, dtype: str, where: str) -> int:
+    z = check_zero_point(zp, dtype, where)
+    if z.size != 1:
+        raise ValueError(f"{where}: per-tensor zero point expected, got {z.size} values")
+    return int(z.reshape(()))
+
+
+def activation_bounds(
+    out_dtype: str, out_min: int | None, out_max: int | None, where: str
+) -> tuple[int, int]:
+    """The saturation range: the dtype's range narrowed by a fused activation."""
+    lo, hi = dtype_range(out_dtype)
+    lo = lo if out_min is None else max(lo, int(out_min))
+    hi = hi if out_max is None else min(hi, int(out_max))
+    if lo > hi:
+        raise ValueError(f"{where}: empty output range [{out_min}, {out_max}] for {out_dtype}")
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class AddSubParams:
+    """TFLite's ADD/SUB fixed-point parameters (``tflite`` and ``tflite_single`` modes)."""
+
+    left_shift: int
+    lhs_multiplier: int
+    lhs_shift: int
+    rhs_multiplier: int
+    rhs_shift: int
+    out_multiplier: int
+    out_shift: int
+
+
+def tflite_add_sub_params(
+    lhs_scale: float, rhs_scale: float, output_scale: float, in_dtype: str, rounding: str
+) -> AddSubParams:
+    """Multipliers as TFLite's Prepare computes them (double precision from float32 scales)."""
+    s1, s2, so = (float(np.float32(s)) for s in (lhs_scale, rhs_scale, output_scale))
+    left_shift = 15 if in_dtype == "int16" else 20
+    twice_max = 2.0 * max(s1, s2)
+    # (1 << left_shift) * output_scale is a float32 product in TFLite.
+    denom = float(np.float32(np.float32(1 << left_shift) * np.float32(so)))
+    reals = np.array([s1 / twice_max, s2 / twice_max, twice_max / denom])
+    m, s = quantize_multiplier(reals, rounding)
+    _check_shifts(s, "add/subtract")
+    return AddSubParams(
+        left_shift, int(m[0]), int(s[0]), int(m[1]), int(s[1]), int(m[2]), int(s[2])
+    )
+
+
+def tflite_mul_multiplier(lhs_scale: float, rhs_scale: float, output_scale: float) -> np.float32:
+    """``s1 * s2 / s_out``: TFLite multiplies and divides the float32 scales in float32."""
+    return np.float32(np.float32(lhs_scale) * np.float32(rhs_scale)) / np.float32(output_scale)
+
+
+def relay_mul_multiplier(lhs_scale: float, rhs_scale: float, output_scale: float) -> float:
+    """Relay's qnn.mul: the product scale is float32, the division is in double."""
+    return float(np.float32(np.float32(lhs_scale) * np.float32(rhs_scale))) / float(
+        np.float32(output_scale)
+    )
+
+
+def torch_mul_multiplier(lhs_scale: float, rhs_scale: float, output_scale: float) -> np.float32:
+    """PyTorch's qmul: ``self_scale * other_scale * (1 / out_scale)``, all float32."""
+    inv = np.float32(1.0) / np.float32(output_scale)
+    return np.float32(np.float32(lhs_scale) * np.float32(rhs_scale)) * inv
+
+
+def _check_shifts(shift: np.ndarray, where: str) -> None:
+    if np.any((shift < -31) | (shift > 30)):
+        raise ValueError(
+            f"{where}: scale ratio out of the fixed-point range (shift {shift.tolist()})"
+        )
+
+
+def _check_inputs(lhs: np.ndarray, rhs: np.ndarray, where: str) -> tuple[int, ...]:
+    if lhs.dtype != rhs.dtype:
+        raise ValueError(f"{where}: lhs is {lhs.dtype} but rhs is {rhs.dtype}")
+    if str(lhs.dtype) not in ELEMENTWISE_DTYPES:
+        raise ValueError(f"{where}: dtype {lhs.dtype} not in {list(ELEMENTWISE_DTYPES)}")
+    try:
+        return np.broadcast_shapes(lhs.shape, rhs.shape)
+    except ValueError:
+        raise ValueError(f"{where}: shapes {lhs.shape} and {rhs.shape} do not broadcast") from None
+
+
+def _binary(
+    kind: str,
+    lhs,
+    rhs,
+    *,
+    lhs_scale,
+    lhs_zero_point,
+    rhs_scale,
+    rhs_zero_point,
+    output_scale,
+    output_zero_point,
+    out_dtype: str,
+    rounding: str,
+    out_min: int | None,
+    out_max: int | None,
+) -> np.ndarray:
+    where = f"qnn.{kind}"
+    check_rounding(rounding)
+    lhs, rhs = np.asarray(lhs), np.asarray(rhs)
+    _check_inputs(lhs, rhs, where)
+    in_dtype = str(lhs.dtype)
+    s1 = _scalar_scale(lhs_scale, f"{where} lhs_scale")
+    s2 = _scalar_scale(rhs_scale, f"{where} rhs_scale")
+    so = _scalar_scale(output_scale, f"{where} output_scale")
+    z1 = _scalar_zp(lhs_zero_point, in_dtype, f"{where} lhs_zero_point")
+    z2 = _scalar_zp(rhs_zero_point, in_dtype, f"{where} rhs_zero_point")
+    zo = _scalar_zp(output_zero_point, out_dtype, f"{where} output_zero_point")
+    lo, hi = activation_bounds(out_dtype, out_min, out_max, where)
+    a = lhs.astype(np.int64) - z1
+    b = rhs.astype(np.int64) - z2
+    if kind == "multiply":
+        y = _multiply(a * b, s1, s2, so, rounding)
+    elif rounding in ("tflite", "tflite_single"):
+        y = _tflite_add_sub(kind, a, b, s1, s2, so, in_dtype, rounding)
+    elif rounding in INTEGER_MODES:
+        y = _relay_add_sub(kind, a, b, s1, s2, so, rounding)
+    else:
+        y = _float_add_sub(kind, a, b, s1, s2, so)
+    return saturate(y + zo, out_dtype, lo, hi)
+
+
+def _tflite_add_sub(kind, a, b, s1, s2, so, in_dtype, rounding) -> np.ndarray:
+    p = tflite_add_sub_params(s1, s2, so, in_dtype, rounding)
+    mbqm = multiply_by_quantized_multiplier
+    a = mbqm(a << p.left_shift, p.lhs_multiplier, p.lhs_shift, rounding).astype(np.int64)
+    b = mbqm(b << p.left_shift, p.rhs_multiplier, p.rhs_shift, rounding).astype(np.int64)
+    raw = a + b if kind == "add" else a - b
+    return mbqm(raw, p.out_multiplier, p.out_shift, rounding).astype(np.int64)
+
+
+def _relay_add_sub(kind, a, b, s1, s2, so, rounding) -> np.ndarray:
+    # Both inputs are rescaled to the output scale around zero; Relay's "+ zp_out" on each input
+    # and "- zp_out" after the sum cancel exactly in int32.
+    mbqm = multiply_by_quantized_multiplier
+    (m1, m2), (sh1, sh2) = quantize_multiplier(np.array([s1 / so, s2 / so]), rounding)
+    _check_shifts(np.array([sh1, sh2]), f"qnn.{kind}")
+    a = mbqm(a, m1, sh1, rounding).astype(np.int64)
+    b = mbqm(b, m2, sh2, rounding).astype(np.int64)
+    return a + b if kind == "add" else a - b
+
+
+def _float_add_sub(kind, a, b, s1, s2, so) -> np.ndarray:
+    da = a.astype(np.float32) * np.float32(s1)
+    db = b.astype(np.float32) * np.float32(s2)
+    y = da + db if kind == "add" else da - db
+    q = np.rint(y * (np.float32(1.0) / np.float32(so)))
+    return np.clip(q, -(2.0**40), 2.0**40).astype(np.int64)
+
+
+def _multiply(prod: np.ndarray, s1, s2, so, rounding) -> np.ndarray:
+    if rounding in ("tflite", "tflite_single"):
+        real = float(tflite_mul_multiplier(s1, s2, so))
+    elif rounding in INTEGER_MODES:
+        real = relay_mul_multiplier(s1, s2, so)
+    else:
+        q = np.rint(prod.astype(np.float32) * torch_mul_multiplier(s1, s2, so))
+        return np.clip(q, -(2.0**40), 2.0**40).astype(np.int64)
+    m, s = quantize_multiplier(real, rounding)
+    _check_shifts(np.asarray(s), "qnn.multiply")
+    return multiply_by_quantized_multiplier(prod, m, s, rounding).astype(np.int64)
+
+
+def add(
+    lhs,
+    rhs,
+    *,
+    lhs_scale,
+    lhs_zero_point,
+    rhs_scale,
+    rhs_zero_point,
+    output_scale,
+    output_zero_point,
+    out_dtype: str = "int8",
+    rounding: str = "tflite",
+    out_min: int | None = None,
+    out_max: int | None = None,
+) -> np.ndarray:
+    """Quantized ``lhs + rhs`` with numpy broadcasting; see the module doc for the modes."""
+    return _binary("add", **locals())
+
+
+def subtract(
+    lhs,
+    rhs,
+    *,
+    lhs_scale,
+    lhs_zero_point,
+    rhs_scale,
+    rhs_zero_point,
+    output_scale,
+    output_zero_point,
+    out_dtype: str = "int8",
+    rounding: str = "tflite",
+    out_min: int | None = None,
+    out_max: int | None = None,
+) -> np.ndarray:
+    """Quantized ``lhs - rhs`` with numpy broadcasting."""
+    return _binary("subtract", **locals())
+
+
+def multiply(
+    lhs,
+    rhs,
+    *,
+    lhs_scale,
+    lhs_zero_point,
+    rhs_scale,
+    rhs_zero_point,
+    output_scale,
+    output_zero_point,
+    out_dtype: str = "int8",
+    rounding: str = "tflite",
+    out_min: int | None = None,
+    out_max: int | None = None,
+) -> np.ndarray:
+    """Quantized ``lhs * rhs`` with numpy broadcasting."""
+    return _binary("multiply", **locals())
+
+
+def tflite_concat_rescale(x: np.ndarray, in_scale, in_zp, out_scale, out_zp) -> np.ndarray:
+    """TFLite's uint8 CONCATENATION rescale, in float32 exactly as the kernel does it:
+    ``round_half_away(float32(x * scale) + bias) + out_zp`` with
+    ``scale = float32(s_in * float32(1 / s_out))`` and ``bias = float32(-zp_in * scale)``."""
+    inv = np.float32(1.0) / np.float32(out_scale)
+    scale = np.float32(np.float32(in_scale) * inv)
+    bias = np.float32(np.float32(-int(in_zp)) * scale)
+    v = (np.asarray(x).astype(np.float32) * scale).astype(np.float32) + bias
+    return round_half_away(v).astype(np.int64) + int(out_zp)
+
+
+def concatenate(
+    tensors: Sequence[np.ndarray],
+    *,
+    axis: int,
+    input_scales: Sequence[float],
+    input_zero_points: Sequence[int],
+    output_scale: float,
+    output_zero_point: int,
+    out_dtype: str = "int8",
+    rounding: str = "tflite",
+) -> np.ndarray:
+    """Concatenate quantized tensors along ``axis``, rescaling inputs whose (scale, zero point)
+    differ from the output's.
+
+    ``"tflite"``/``"tflite_single"`` rescale 8-bit inputs with TFLite's float32 formula
+    (:func:`tflite_concat_rescale`; TFLite itself only allows it for uint8, int8 must match) and
+    int16 inputs with the fixed-point requantize; the other modes use :func:`requantize` in
+    that mode (Relay's qnn.concatenate, PyTorch's float rescale).
+    """
+    where = "qnn.concatenate"
+    check_rounding(rounding)
+    tensors = [np.asarray(t) for t in tensors]
+    n = len(tensors)
+    if n == 0:
+        raise ValueError(f"{where}: needs at least one tensor")
+    if len(input_scales) != n or len(input_zero_points) != n:
+        raise ValueError(
+            f"{where}: {n} tensors but {len(input_scales)} scales and "
+            f"{len(input_zero_points)} zero points"
+        )
+    ndim = tensors[0].ndim
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{where}: axis {axis} out of range for rank {ndim}")
+    so = _scalar_scale(output_scale, f"{where} output_scale")
+    zo = _scalar_zp(output_zero_point, out_dtype, f"{where} output_zero_point")
+    parts = []
+    for i, t in enumerate(tensors):
+        dt = str(t.dtype)
+        if dt not in ELEMENTWISE_DTYPES:
+            raise ValueError(f"{where}: input {i} has dtype {dt}")
+        si = _scalar_scale(input_scales[i], f"{where} input_scales[{i}]")
+        zi = _scalar_zp(input_zero_points[i], dt, f"{where} input_zero_points[{i}]")
+        if np.float32(si) == np.float32(so) and zi == zo:
+            parts.append(saturate(t.astype(np.int64), out_dtype))
+        elif rounding in ("tflite", "tflite_single") and dt != "int16":
+            parts.append(saturate(tflite_concat_rescale(t, si, zi, so, zo), out_dtype))
+        else:
+            parts.append(requantize(t, si, zi, so, zo, out_dtype, rounding))
+    try:
+        return np.concatenate(parts, axis=axis)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
