@@ -1,6 +1,7 @@
 """Reference integer arithmetic in numpy: the single source of truth for ops, passes and tests."""
 
-from . import conv  # noqa: F401  (conv2d / dense reference accumulators)
+# conv: conv2d/dense accumulators; elementwise: add/sub/mul/concat; pool: pooling, mean
+from . import conv, elementwise, pool  # noqa: F401
 from .affine import dequantize, quantize, requantize, round_half_away, saturate
 from .fixed_point import (
     INTEGER_MODES,
