@@ -37,13 +37,15 @@ def multiply_by_quantized_multiplier(x, multiplier, shift, rounding: str) -> Pri
     """
     x = _i64(x)
     m = _i64(multiplier)
-    if rounding == "tflite":
+    if rounding in ("tflite", "tflite_neon"):
         left = _i64(_max0(shift))
         right = _i64(_max0(-shift if not isinstance(shift, PrimExpr) else -_i64(shift)))
         # TFLite shifts in int32, so the left shift wraps like C on two's complement.
         xl = (x.astype("int32") << left.astype("int32")).astype(I64)
         high = (xl * m + _i64(1 << 30)) >> _i64(31)
         half = (_i64(1) << right) >> _i64(1)
+        if rounding == "tflite_neon":
+            return (high + half) >> right
         return (high + half - _sign_fix(high, half)) >> right
     if rounding not in ("tflite_single", "upward", "tonearest"):
         raise ValueError(f"no fixed-point lowering for rounding mode {rounding!r}")

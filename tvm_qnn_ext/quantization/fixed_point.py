@@ -18,12 +18,14 @@ INT32_MAX = 2**31 - 1
 #: rounding mode -> what it reproduces
 ROUNDING_MODES: dict[str, str] = {
     "tflite": "TFLite default: SaturatingRoundingDoublingHighMul then RoundingDivideByPOT",
+    "tflite_neon": "LiteRT's optimized kernels: SaturatingRoundingDoublingHighMul then a "
+    "rounding right shift with ties up (NEON vqrdmulh + vrshl, emulated with SSE on x86)",
     "tflite_single": "TFLite built with TFLITE_SINGLE_ROUNDING: one rounding, half up",
     "upward": "Relay QNN UPWARD: (x*M + 2^(t-1)) >> t, ties toward +inf",
     "tonearest": "Relay QNN TONEAREST: ties away from zero in one rounding",
     "float": "PyTorch fbgemm/x86: float32 multiply, round half to even",
 }
-INTEGER_MODES = ("tflite", "tflite_single", "upward", "tonearest")
+INTEGER_MODES = ("tflite", "tflite_neon", "tflite_single", "upward", "tonearest")
 
 
 def check_rounding(rounding: str) -> str:
@@ -105,11 +107,13 @@ def multiply_by_quantized_multiplier(
     s = np.asarray(shift).astype(np.int64)
     if np.any((s < -31) | (s > 30)):
         raise ValueError(f"shift must lie in [-31, 30], got {s.min()}..{s.max()}")
-    if rounding == "tflite":
+    if rounding in ("tflite", "tflite_neon"):
         left = np.maximum(s, 0)
         right = np.maximum(-s, 0)
         hm = _srdhm(_wrap_int32(x << left), m)
-        return _rounding_divide_by_pot(hm, right).astype(np.int32)
+        if rounding == "tflite":
+            return _rounding_divide_by_pot(hm, right).astype(np.int32)
+        return ((hm + ((np.int64(1) << right) >> 1)) >> right).astype(np.int32)
     total = 31 - s  # in [1, 62]
     prod = x * m
     half = np.int64(1) << (total - 1)

@@ -11,6 +11,10 @@ from .importer import Context, converter, quantized_io
 from .reader import Operator
 
 
+# LiteRT's builtin conv/FC kernels requantize with a ties-up rounding shift (see ROUNDING_MODES).
+LITERT_ROUNDING = "tflite_neon"
+
+
 def _check_weighted(ctx: Context, op: Operator) -> str | None:
     reason = quantized_io(ctx, op) or check_fused(op)
     if reason:
@@ -43,7 +47,7 @@ def _requantize(ctx: Context, op: Operator, acc: relax.Expr, axis: int) -> relax
     acc_scale = qi.scale[0] * qw.scale
     return qnn.requantize(
         acc, acc_scale, 0, qo.scale[0], int(qo.zero_point[0]), out.dtype,
-        axis=axis if qw.per_axis else None, rounding="tflite", out_min=lo, out_max=hi,
+        axis=axis if qw.per_axis else None, rounding=LITERT_ROUNDING, out_min=lo, out_max=hi,
     )
 
 

@@ -100,9 +100,21 @@ class Context:
         return self.bb.emit(call)
 
 
-def _unsupported(ctx: Context) -> Counter:
+def _needed_ops(graph: Graph, outputs: list[int]) -> list[Operator]:
+    """The operators that the requested outputs depend on, in graph order."""
+    producer = {t: op for op in graph.operators for t in op.outputs}
+    needed, stack = set(), list(outputs)
+    while stack:
+        op = producer.get(stack.pop())
+        if op is not None and op.index not in needed:
+            needed.add(op.index)
+            stack.extend(i for i in op.inputs if i >= 0)
+    return [op for op in graph.operators if op.index in needed]
+
+
+def _unsupported(ctx: Context, ops: list[Operator]) -> Counter:
     problems: Counter = Counter()
-    for op in ctx.graph.operators:
+    for op in ops:
         conv = CONVERTERS.get(op.name)
         if conv is None:
             problems[f"{op.name}"] += 1
@@ -122,19 +134,25 @@ def _check_variables(graph: Graph) -> None:
         )
 
 
-def from_tflite(source: str | Path | bytes) -> tvm.IRModule:
+def from_tflite(
+    source: str | Path | bytes, outputs: list[int | str] | None = None
+) -> tvm.IRModule:
     """Import a pre-quantized TFLite model into an IRModule of QNN dialect ops.
 
     Weights stay int8 (bias int32); the graph is integer-only between the model's float
     QUANTIZE/DEQUANTIZE edges, if it has any.  Raises :class:`TFLiteImportError` listing every
-    unsupported operator with its count.
+    unsupported operator with its count.  ``outputs`` (tensor indices or names) replaces the
+    model's outputs, e.g. to compare intermediate tensors layer by layer.
     """
     from . import converters  # noqa: F401  (registers the converters)
 
     graph = read_model(source)
+    if outputs is not None:
+        graph.outputs = [_tensor_index(graph, o) for o in outputs]
+    ops = _needed_ops(graph, graph.outputs)
     bb = relax.BlockBuilder()
     ctx = Context(graph, bb)
-    problems = _unsupported(ctx)
+    problems = _unsupported(ctx, ops)
     if problems:
         listing = "; ".join(f"{name} x{n}" for name, n in sorted(problems.items()))
         raise TFLiteImportError(f"unsupported operators: {listing}")
@@ -150,7 +168,7 @@ def from_tflite(source: str | Path | bytes) -> tvm.IRModule:
         params.append(var)
     with bb.function("main", params):
         with bb.dataflow():
-            for op in graph.operators:
+            for op in ops:
                 _convert(ctx, op)
             outs = [bb.emit_output(ctx.expr(i)) for i in graph.outputs]
         result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
@@ -173,6 +191,17 @@ def _convert(ctx: Context, op: Operator) -> None:
                                 f"{len(op.outputs)} outputs")
     for i, v in zip(op.outputs, results, strict=True):
         ctx.values[i] = v
+
+
+def _tensor_index(graph: Graph, key: int | str) -> int:
+    if isinstance(key, str):
+        for t in graph.tensors:
+            if t.name == key:
+                return t.index
+        raise TFLiteImportError(f"no tensor named {key!r}")
+    if not 0 <= int(key) < len(graph.tensors):
+        raise TFLiteImportError(f"tensor index {key} out of range")
+    return int(key)
 
 
 def _name(name: str, i: int) -> str:
