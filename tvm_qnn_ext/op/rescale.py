@@ -187,7 +187,21 @@ class Quantize:
                 c = _channel_index(idx, axis)
                 v = x(*idx)
                 if rounding == "float":
-                    r = te.round(v * (tirx.const(1.0, "float32") / at(s, c)))
+                    # PyTorch: zp added before rounding; float64 keeps LLVM from contracting.
+                    inv = (tirx.const(1.0, "float32") / at(s, c)).astype("float64")
+                    prod = v.astype("float64") * inv
+                    if isinstance(s, te.Tensor):  # per channel: two roundings
+                        prod = prod.astype("float32").astype("float64")
+                    zpf = (
+                        tirx.Cast("float64", at(zp, c)) if isinstance(zp, te.Tensor) else float(zp)
+                    )
+                    r = te.round((prod + zpf).astype("float32"))
+                    r = tirx.Select(r != r, tirx.const(2.0**40, "float32"), r)  # NaN -> qmax
+                    r = tirx.max(
+                        tirx.min(r, tirx.const(2.0**40, "float32")),
+                        tirx.const(-(2.0**40), "float32"),
+                    )
+                    return fp.clamp_cast(r.astype("int64"), lo, hi, out_dtype)
                 else:
                     q = v / at(s, c)
                     r = tirx.Select(q >= 0, te.floor(q + 0.5), te.ceil(q - 0.5))  # half away

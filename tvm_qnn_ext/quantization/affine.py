@@ -35,7 +35,11 @@ def quantize(
     axis: int | None = None,
     rounding: str = "tflite",
 ) -> np.ndarray:
-    """float32 -> integer.  TFLite: round_half_away(x / s) + zp; float: rint(x * (1/s)) + zp."""
+    """float32 -> integer.  TFLite: round_half_away(x / s) + zp.
+
+    ``rounding="float"`` is PyTorch's: ``rint(fl32(x * fl32(1/s) + zp))`` with the multiply-add
+    fused per tensor and ``rint(fl32(fl32(x * fl32(1/s)) + zp))`` per channel; NaN gives qmax.
+    """
     check_rounding(rounding)
     x = np.asarray(x, dtype=np.float32)
     s = broadcast_param(
@@ -44,9 +48,14 @@ def quantize(
     zp = check_zero_point(zero_point, dtype, "quantize")
     zp = broadcast_param(zp, x.ndim, axis, np.int64, shape=x.shape, what="zero point")
     if rounding == "float":
-        q = np.rint(x * (np.float32(1.0) / s))
-    else:
-        q = round_half_away(x / s)
+        # PyTorch adds zp before rounding: per tensor fused (FMA), per channel not.
+        prod = x.astype(np.float64) * (np.float32(1.0) / s)
+        if np.size(s) > 1:
+            prod = prod.astype(np.float32).astype(np.float64)
+        q = np.rint((prod + zp).astype(np.float32))
+        q = np.clip(np.where(np.isnan(q), np.inf, q), -(2.0**40), 2.0**40).astype(np.int64)
+        return saturate(q, dtype)
+    q = round_half_away(x / s)
     # Values far outside int range (inf, huge) must saturate, not wrap.
     q = np.clip(q, -(2.0**40), 2.0**40).astype(np.int64) + zp
     return saturate(q, dtype)
