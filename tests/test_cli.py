@@ -235,3 +235,26 @@ def test_bench_reports_three_medians(capsys, tmp_path):
         line = next(ln for ln in out.splitlines() if ln.strip().startswith(name))
         assert float(line.split()[1]) > 0
     assert out.splitlines()[-1].startswith("ratio tvm_qnn_ext/litert_builtin=")
+
+
+# ------------------------------------------------------------------------ README and CI
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_rounding_table_matches_the_code():
+    from tvm_qnn_ext.quantization import ROUNDING_MODES
+
+    readme = (ROOT / "README.md").read_text()
+    rows = [ln for ln in readme.splitlines() if ln.startswith("| `") and "` | " in ln]
+    table = {ln.split("`")[1]: ln.split("` | ", 1)[1].rstrip(" |") for ln in rows}
+    for mode, what in ROUNDING_MODES.items():
+        assert table.get(mode) == what, f"README rounding table: {mode!r} missing or outdated"
+
+
+def test_ci_runs_the_readme_test_command():
+    command = ".venv/bin/python -m pytest -q"
+    assert f"\n{command}\n" in (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert ci.rstrip().splitlines()[-1] == command
+    assert "set -euo pipefail" in ci
