@@ -345,3 +345,32 @@ def test_dialect_float_rounding_matches_torch():
         wants.append(want)
     for got, want in zip(run_cases(cases), wants, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_batch_norm(engine, relu):
+    rng = np.random.default_rng(50 + relu)
+    op = torch.ops.quantized.batch_norm2d_relu if relu else torch.ops.quantized.batch_norm2d
+    for t in range(60):
+        c = [16, 64, 128, 80, 3, 200][t % 6]
+        w, b, m = (torch.from_numpy(rng.standard_normal(c).astype(F32)) for _ in range(3))
+        v = torch.from_numpy(rng.uniform(0.1, 3, c).astype(F32))
+        si, so = _scale(rng, -5, -1), _scale(rng, -5, -1)
+        zi, zo = (int(z) for z in rng.integers(0, 256, 2))
+        q = rng.integers(0, 256, (2, c, 3, 4)).astype(np.uint8)
+        want = _ir(op(_qt(q, si, zi), w, b, m, v, 1e-3, so, zo))
+        alpha, beta = ref.batch_norm_params(w, b, m, v, 1e-3, si, so)
+        np.testing.assert_array_equal(ref.batch_norm(q, alpha, beta, zi, zo, relu=relu), want)
+
+
+def test_global_avg_pool(engine):
+    rng = np.random.default_rng(52)
+    for t in range(200):
+        c, h, w = (int(v) for v in rng.integers(1, 20, 3))
+        zp = int(rng.integers(0, 256))
+        q = rng.integers(0, 256, (2, c, h, w)).astype(np.uint8)
+        if t % 2:  # sums near multiples of n / 2
+            q = np.clip(q % 3 + zp, 0, 255).astype(np.uint8)
+        got = ref.global_avg_pool(q)
+        want = _ir(torch.nn.functional.adaptive_avg_pool2d(_qt(q, 0.05, zp), 1))
+        np.testing.assert_array_equal(got, want)

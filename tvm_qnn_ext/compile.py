@@ -90,6 +90,10 @@ def load_source(source, **options) -> tvm.IRModule:
         from .frontend.tflite import from_tflite
 
         return from_tflite(bytes(source), **options)
+    if _is_torch_model(source):
+        from .frontend.pytorch import from_pytorch
+
+        return from_pytorch(source, **options)
     path = Path(source)
     if not path.exists():
         raise FileNotFoundError(f"model file not found: {path}")
@@ -97,7 +101,21 @@ def load_source(source, **options) -> tvm.IRModule:
         from .frontend.tflite import from_tflite
 
         return from_tflite(path, **options)
-    raise ValueError(f"{path}: unsupported model format {path.suffix!r}; supported: .tflite")
+    if path.suffix == ".pt2":
+        import torch
+
+        from .frontend.pytorch import from_pytorch
+
+        return from_pytorch(torch.export.load(str(path)), **options)
+    raise ValueError(f"{path}: unsupported model format {path.suffix!r}; supported: .tflite, .pt2")
+
+
+def _is_torch_model(source) -> bool:
+    """An nn.Module or ExportedProgram, detected without importing torch."""
+    mod = type(source).__module__
+    return mod.split(".")[0] == "torch" or any(
+        c.__module__.startswith("torch.nn") for c in type(source).__mro__
+    )
 
 
 def compile_model(source, target="native", **options) -> CompiledModel:

@@ -8,4 +8,11 @@ def from_tflite(source, **options):
     return _impl(source, **options)
 
 
-__all__ = ["from_tflite"]
+def from_pytorch(model, example_inputs):
+    """Import a quantized PyTorch model (eager, FX or PT2E); see frontend.pytorch."""
+    from .pytorch import from_pytorch as _impl
+
+    return _impl(model, example_inputs)
+
+
+__all__ = ["from_pytorch", "from_tflite"]

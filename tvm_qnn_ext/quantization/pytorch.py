@@ -415,3 +415,47 @@ def quantize_decomposed(x: np.ndarray, scale: float, zero_point: int, qmin: int,
     inv = _fl(1.0 / float(scale))
     y = (np.asarray(x, F32) * inv).astype(F32)
     return np.clip(np.rint(y) + zero_point, qmin, qmax).astype(dtype)
+
+
+def batch_norm_params(weight, bias, mean, var, eps: float, input_scale: float, output_scale: float):
+    """ATen's ``compute_fused_params`` for ``quantized::batch_norm2d``: float32 ``alpha, beta``.
+
+    ``inv = float32(1.0 / sqrtf(var + float32(eps)))`` (the division in double),
+    ``alpha = float32(fl(inv * w) * (double(s_in) / double(s_out)))``,
+    ``beta = float32(fl(b - fl(fl(mean * inv) * w)) / double(s_out))``.
+    """
+    w, b, m, v = (np.asarray(t, F32) for t in (weight, bias, mean, var))
+    inv_sigma = (1.0 / np.sqrt((v + F32(eps)).astype(F32)).astype(F64)).astype(F32)
+    ratio = float(input_scale) / float(output_scale)
+    alpha = ((inv_sigma * w).astype(F32).astype(F64) * ratio).astype(F32)
+    centered = (b - ((m * inv_sigma).astype(F32) * w).astype(F32)).astype(F32)
+    beta = (centered.astype(F64) / float(output_scale)).astype(F32)
+    return alpha, beta
+
+
+def batch_norm(
+    q: np.ndarray, alpha, beta, input_zero_point: int, output_zero_point: int, *, relu=False
+) -> np.ndarray:
+    """``quantized::batch_norm2d`` / ``batch_norm2d_relu`` on NCHW input (any engine on x86).
+
+    ``q_out = clamp(rint(fl(alpha[c] * (q - zp_in) + beta[c])) + zp_out)``: one rounding (the
+    vector path is an FMA, and the scalar path for leftover channels compiles to one too).
+    """
+    q = np.asarray(q)
+    shape = (1, -1) + (1,) * (q.ndim - 2)
+    x = q.astype(np.int64) - int(input_zero_point)
+    a = np.asarray(alpha, F32).reshape(shape).astype(F64)
+    y = (a * x + np.asarray(beta, F32).reshape(shape)).astype(F32)
+    zo = int(output_zero_point)
+    return _rint_saturate(np.rint(y).astype(F64) + zo, str(q.dtype), zo if relu else None)
+
+
+def global_avg_pool(q: np.ndarray) -> np.ndarray:
+    """``adaptive_avg_pool2d(q, 1)`` on quantized NCHW: ``rint(fl(float32(sum q) * fl(1 / n)))``.
+
+    The sum is over the raw stored values; the output keeps the input's scale and zero point.
+    """
+    q = np.asarray(q)
+    n = q.shape[2] * q.shape[3]
+    total = q.astype(np.int64).sum((2, 3), keepdims=True).astype(F32)
+    return _rint_saturate((total * _fl(1.0 / n)).astype(F32), str(q.dtype))

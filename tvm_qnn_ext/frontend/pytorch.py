@@ -1,0 +1,686 @@
+"""PyTorch importer: quantized ``nn.Module`` / FX ``GraphModule`` / PT2E ``ExportedProgram`` -> QNN.
+
+* Eager-mode converted models (``torch.ao.quantization.convert``) are traced with
+  ``torch.fx.symbolic_trace``; quantized modules stay leaves and ``FloatFunctional`` calls become
+  ``torch.ops.quantized.*`` nodes.  FX-mode models (``convert_fx``) are walked as they are.
+  Both map onto integer ops whose ``rounding="float"`` arithmetic is PyTorch's fbgemm/x86
+  arithmetic (:mod:`tvm_qnn_ext.quantization.pytorch`), so outputs match bit for bit.
+* PT2E models (``convert_pt2e``, or a saved ``ExportedProgram``) carry
+  ``quantized_decomposed`` quantize/dequantize nodes around float aten ops.  A
+  ``dequantize -> conv/linear [-> relu] -> quantize`` region becomes an integer convolution or
+  dense layer; every other float op runs in float between ``qnn.dequantize`` and
+  ``qnn.quantize``.  PT2E reference numerics are float, so results agree within one step.
+
+Graphs are NCHW throughout, as in PyTorch.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import tvm
+from tvm import relax
+
+from ..op import conv2d, dense, dequantize, max_pool2d, multiply, quantize
+from ..op import pytorch_epilogue as pe
+from ..quantization import pytorch as ref
+
+_QDTYPES = {torch.quint8: "uint8", torch.qint8: "int8", torch.uint8: "uint8", torch.int8: "int8"}
+
+
+class UnsupportedPyTorchModel(NotImplementedError):
+    """The model holds ops this importer cannot translate (all are listed)."""
+
+
+def from_pytorch(
+    model, example_inputs: Sequence[torch.Tensor] | torch.Tensor | None = None
+) -> tvm.IRModule:
+    """Import a quantized PyTorch model as a QNN IRModule with one function ``main``.
+
+    ``model`` is an eager-mode or FX-mode converted ``nn.Module``, a PT2E-converted
+    ``GraphModule`` or a ``torch.export.ExportedProgram``; ``example_inputs`` fix the static
+    input shapes (an ExportedProgram's own example inputs are the default).  A float
+    (unquantized) model is refused.
+    """
+    if isinstance(model, torch.export.ExportedProgram):
+        if example_inputs is None:
+            example_inputs = model.example_inputs[0]
+        model = model.module()
+    if example_inputs is None:
+        raise ValueError("from_pytorch: example_inputs are required to fix the input shapes")
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    example_inputs = tuple(example_inputs)
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(
+            f"from_pytorch: expected an nn.Module or ExportedProgram, got {type(model)}"
+        )
+    model = model.eval()
+    gm = model if isinstance(model, torch.fx.GraphModule) else _trace(model)
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    with torch.no_grad():
+        ShapeProp(gm).propagate(*example_inputs)
+    return _Converter(gm).convert()
+
+
+def _trace(model: torch.nn.Module) -> torch.fx.GraphModule:
+    try:
+        return torch.fx.symbolic_trace(model)
+    except Exception as e:  # noqa: BLE001  (tracing errors come in many types)
+        raise UnsupportedPyTorchModel(
+            f"from_pytorch: could not trace {type(model).__name__} with torch.fx: {e}"
+        ) from e
+
+
+def _meta(node: torch.fx.Node):
+    tm = node.meta.get("tensor_meta")
+    if tm is None:
+        raise UnsupportedPyTorchModel(f"from_pytorch: no shape information for node {node.name}")
+    return tm
+
+
+def _qparams(node: torch.fx.Node) -> tuple[float, int]:
+    tm = _meta(node)
+    if not tm.is_quantized or tm.qparams.get("qscheme") not in (
+        torch.per_tensor_affine,
+        torch.per_tensor_symmetric,
+    ):
+        raise UnsupportedPyTorchModel(
+            f"from_pytorch: {node.name} must be a per-tensor quantized tensor, got {tm.dtype}"
+        )
+    return float(tm.qparams["scale"]), int(tm.qparams["zero_point"])
+
+
+def _arg(node: torch.fx.Node, i: int, name: str, default=None):
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+def _scalar(v) -> float:
+    return v.item() if isinstance(v, torch.Tensor) else v
+
+
+def _qweight(w: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """(int8 values, scales, zero points, per_channel) of a quantized weight."""
+    if w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+        if w.q_per_channel_axis() != 0:
+            raise UnsupportedPyTorchModel("from_pytorch: per-channel weights must use axis 0")
+        s = w.q_per_channel_scales().numpy().astype(np.float32)
+        z = w.q_per_channel_zero_points().numpy().astype(np.int64)
+        return w.int_repr().numpy(), s, z, True
+    return (
+        w.int_repr().numpy(),
+        np.array([w.q_scale()], np.float32),
+        np.array([w.q_zero_point()], np.int64),
+        False,
+    )
+
+
+def _const(a: np.ndarray) -> relax.Constant:
+    a = np.ascontiguousarray(a)
+    return relax.const(a, str(a.dtype))
+
+
+# ---- the converter -----------------------------------------------------------------------------
+
+
+class _Converter:
+    def __init__(self, gm: torch.fx.GraphModule):
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self.env: dict[torch.fx.Node, object] = {}
+        self.bb = relax.BlockBuilder()
+        self.pt2e = any(_target_name(n).startswith("quantized_decomposed") for n in gm.graph.nodes)
+        self.skip: set[torch.fx.Node] = set()
+
+    # -- dispatch tables
+
+    def _module_handler(self, node) -> Callable | None:
+        import torch.ao.nn.intrinsic.quantized as nniq
+        import torch.ao.nn.quantized as nnq
+
+        m = self.modules[node.target]
+        table = [
+            ((nnq.Quantize,), self._m_quantize),
+            ((nnq.DeQuantize,), self._m_dequantize),
+            ((nniq.ConvReLU2d, nnq.Conv2d), self._m_conv),
+            ((nniq.LinearReLU, nnq.Linear), self._m_linear),
+            ((nniq.BNReLU2d, nnq.BatchNorm2d), self._m_batch_norm),
+            ((torch.nn.ReLU, nnq.ReLU6), self._relu),
+            ((torch.nn.MaxPool2d,), self._m_max_pool),
+            ((torch.nn.AdaptiveAvgPool2d,), self._m_adaptive_avg_pool),
+            ((torch.nn.Flatten, torch.nn.Identity, torch.nn.Dropout), self._reshape_like),
+            ((torch.nn.ZeroPad2d, torch.nn.ConstantPad2d), self._m_pad),
+        ]
+        for types, fn in table:
+            if isinstance(m, types):
+                if isinstance(m, nnq.ReLU6):
+                    return None
+                return fn
+        return None
+
+    def _function_handler(self, node) -> Callable | None:
+        name = _target_name(node)
+        if self.pt2e:
+            return self._pt2e_handler(node, name)
+        table = {
+            "quantized.add": lambda n: self._q_add(n, False),
+            "quantized.add_relu": lambda n: self._q_add(n, True),
+            "quantized.mul": lambda n: self._q_mul(n, False),
+            "quantized.mul_relu": lambda n: self._q_mul(n, True),
+            "quantized.cat": self._q_cat,
+            "quantize_per_tensor": self._f_quantize,
+            "dequantize": self._f_dequantize,
+            "relu": self._relu,
+            "relu_": self._relu,
+            "flatten": self._reshape_like,
+            "reshape": self._reshape_like,
+            "view": self._reshape_like,
+            "contiguous": self._reshape_like,
+            "permute": self._permute,
+            "max_pool2d": self._f_max_pool,
+            "adaptive_avg_pool2d": self._f_adaptive_avg_pool,
+            "pad": self._f_pad,
+        }
+        return table.get(name)
+
+    def handler(self, node) -> Callable | None:
+        if node.op in ("placeholder", "output", "get_attr"):
+            return getattr(self, f"_{node.op}")
+        if node.op == "call_module":
+            return self._module_handler(node)
+        if node.op in ("call_function", "call_method"):
+            return self._function_handler(node)
+        return None
+
+    def convert(self) -> tvm.IRModule:
+        missing = Counter(
+            _describe(n, self.modules)
+            for n in self.gm.graph.nodes
+            if n not in self.skip and self.handler(n) is None
+        )
+        if missing:
+            listed = ", ".join(f"{k} x{v}" for k, v in sorted(missing.items()))
+            raise UnsupportedPyTorchModel(f"from_pytorch: unsupported PyTorch ops: {listed}")
+        self._require_quantized()
+        params = [
+            relax.Var(n.name, relax.TensorType(list(_meta(n).shape), "float32"))
+            for n in self.gm.graph.nodes
+            if n.op == "placeholder"
+        ]
+        self.params = iter(params)
+        with self.bb.function("main", params):
+            with self.bb.dataflow():
+                for node in self.gm.graph.nodes:
+                    if node in self.skip:
+                        continue
+                    out = self.handler(node)(node)
+                    if isinstance(out, relax.Expr) and not isinstance(out, relax.Var):
+                        out = self.bb.emit(out)
+                    self.env[node] = out
+                result = self.bb.emit_output(self.result)
+            self.bb.emit_func_output(result)
+        return self.bb.get()
+
+    def _require_quantized(self):
+        import torch.ao.nn.quantized as nnq
+
+        quantized = self.pt2e or any(
+            isinstance(m, nnq.Quantize) or type(m).__module__.startswith("torch.ao.nn.quantized")
+            for m in self.modules.values()
+        )
+        quantized = quantized or any(
+            _target_name(n) in ("quantize_per_tensor", "quantized.add") for n in self.gm.graph.nodes
+        )
+        if not quantized:
+            raise ValueError(
+                "from_pytorch: the model is a float (unquantized) model; quantize it first "
+                "(torch.ao.quantization convert / convert_fx, or torchao convert_pt2e)"
+            )
+
+    # -- graph plumbing
+
+    def x(self, arg):
+        return self.env[arg] if isinstance(arg, torch.fx.Node) else arg
+
+    def _placeholder(self, node):
+        return next(self.params)
+
+    def _get_attr(self, node):
+        obj = self.gm
+        for part in node.target.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def _output(self, node):
+        outs = node.args[0]
+        outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+        exprs = [self.x(o) for o in outs]
+        self.result = exprs[0] if len(exprs) == 1 else relax.Tuple(exprs)
+        return None
+
+    # -- eager / FX handlers
+
+    def _m_quantize(self, node):
+        m = self.modules[node.target]
+        return quantize(
+            self.x(node.args[0]),
+            float(m.scale),
+            int(m.zero_point),
+            _QDTYPES[m.dtype],
+            rounding="float",
+        )
+
+    def _f_quantize(self, node):
+        x, scale, zp, dtype = (self.x(a) for a in node.args[:4])
+        return quantize(
+            x, float(_scalar(scale)), int(_scalar(zp)), _QDTYPES[dtype], rounding="float"
+        )
+
+    def _m_dequantize(self, node):
+        return self._dequantize_input(node.args[0])
+
+    def _f_dequantize(self, node):
+        return self._dequantize_input(node.args[0])
+
+    def _dequantize_input(self, arg):
+        s, z = _qparams(arg)
+        return dequantize(self.x(arg), s, z)
+
+    def _m_conv(self, node):
+        import torch.ao.nn.intrinsic.quantized as nniq
+
+        m = self.modules[node.target]
+        if m.padding_mode != "zeros":
+            raise UnsupportedPyTorchModel(
+                f"from_pytorch: {node.target}: padding_mode {m.padding_mode}"
+            )
+        x = node.args[0]
+        s_in, z_in = _qparams(x)
+        w, ws, wz, per_channel = _qweight(m.weight())
+        p = [int(v) for v in m.padding]
+        acc = self.bb.emit(
+            conv2d(
+                self.x(x),
+                _const(w),
+                strides=[int(v) for v in m.stride],
+                padding=(p[0], p[1], p[0], p[1]),
+                dilation=[int(v) for v in m.dilation],
+                groups=int(m.groups),
+                data_layout="NCHW",
+                kernel_layout="OIHW",
+                input_zero_point=z_in,
+                kernel_zero_point=[int(v) for v in wz] if per_channel else int(wz[0]),
+            )
+        )
+        return self._epilogue(
+            acc, m.bias(), s_in, ws, per_channel, float(m.scale), int(m.zero_point), 1,
+            isinstance(m, nniq.ConvReLU2d),
+        )  # fmt: skip
+
+    def _m_linear(self, node):
+        import torch.ao.nn.intrinsic.quantized as nniq
+
+        m = self.modules[node.target]
+        x = node.args[0]
+        s_in, z_in = _qparams(x)
+        w, ws, wz, per_channel = _qweight(m.weight())
+        acc = self.bb.emit(
+            dense(
+                self.x(x),
+                _const(w),
+                input_zero_point=z_in,
+                kernel_zero_point=[int(v) for v in wz] if per_channel else int(wz[0]),
+            )
+        )
+        return self._epilogue(
+            acc, m.bias(), s_in, ws, per_channel, float(m.scale), int(m.zero_point), -1,
+            isinstance(m, nniq.LinearReLU),
+        )  # fmt: skip
+
+    def _epilogue(self, acc, bias, s_in, ws, per_channel, s_out, z_out, axis, relu):
+        b = None if bias is None else _const(bias.detach().numpy().astype(np.float32))
+        return pe.fbgemm_requantize(
+            acc,
+            b,
+            act_times_w_scale=ref.act_times_w_scale(s_in, ws),
+            output_scale=s_out,
+            output_zero_point=z_out,
+            per_channel=per_channel,
+            axis=axis,
+            relu=relu,
+        )
+
+    def _m_batch_norm(self, node):
+        import torch.ao.nn.intrinsic.quantized as nniq
+
+        m = self.modules[node.target]
+        x = node.args[0]
+        s_in, z_in = _qparams(x)
+        w = m.weight.detach() if m.weight is not None else torch.ones(m.num_features)
+        b = m.bias.detach() if m.bias is not None else torch.zeros(m.num_features)
+        alpha, beta = ref.batch_norm_params(
+            w, b, m.running_mean, m.running_var, m.eps, s_in, float(m.scale)
+        )
+        return pe.torch_batch_norm(
+            self.x(x), alpha, beta, input_zero_point=z_in, output_zero_point=int(m.zero_point),
+            relu=isinstance(m, nniq.BNReLU2d),
+        )  # fmt: skip
+
+    def _relu(self, node):
+        x = node.args[0]
+        if not _meta(x).is_quantized:
+            return relax.op.nn.relu(self.x(x))
+        _, z = _qparams(x)
+        return relax.op.maximum(self.x(x), relax.const(z, _QDTYPES[_meta(x).dtype]))
+
+    def _pool_args(self, kernel, stride, padding, dilation, ceil_mode, where):
+        pair = lambda v: (int(v), int(v)) if isinstance(v, int) else tuple(int(t) for t in v)
+        if ceil_mode or pair(dilation) != (1, 1):
+            raise UnsupportedPyTorchModel(f"from_pytorch: {where}: ceil_mode/dilation unsupported")
+        k = pair(kernel)
+        s = pair(stride) if stride not in (None, []) else k
+        p = pair(padding)
+        return k, s, (p[0], p[1], p[0], p[1])
+
+    def _max_pool(self, x, k, s, p):
+        if _meta(x).is_quantized:
+            return max_pool2d(self.x(x), pool_size=k, strides=s, padding=p, layout="NCHW")
+        return relax.op.nn.max_pool2d(self.x(x), k, s, p)
+
+    def _m_max_pool(self, node):
+        m = self.modules[node.target]
+        k, s, p = self._pool_args(
+            m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, node.target
+        )
+        return self._max_pool(node.args[0], k, s, p)
+
+    def _f_max_pool(self, node):
+        args = list(node.args) + [None] * 6
+        kw = node.kwargs
+        k = kw.get("kernel_size", args[1])
+        s = kw.get("stride", args[2])
+        p = kw.get("padding", args[3] if args[3] is not None else 0)
+        d = kw.get("dilation", args[4] if args[4] is not None else 1)
+        c = kw.get("ceil_mode", args[5] or False)
+        k, s, p = self._pool_args(k, s, p, d, c, node.name)
+        return self._max_pool(node.args[0], k, s, p)
+
+    def _adaptive_avg_pool(self, node, size):
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        x = node.args[0]
+        if size != (1, 1):
+            raise UnsupportedPyTorchModel("from_pytorch: adaptive_avg_pool2d supports output 1x1")
+        if _meta(x).is_quantized:
+            return pe.torch_global_avg_pool(self.x(x))
+        return relax.op.nn.adaptive_avg_pool2d(self.x(x), (1, 1))
+
+    def _m_adaptive_avg_pool(self, node):
+        return self._adaptive_avg_pool(node, self.modules[node.target].output_size)
+
+    def _f_adaptive_avg_pool(self, node):
+        return self._adaptive_avg_pool(node, node.args[1])
+
+    def _pad(self, x, pads, value):
+        if value != 0:
+            raise UnsupportedPyTorchModel("from_pytorch: only zero padding is supported")
+        nd = len(_meta(x).shape)
+        width = [0] * (2 * nd)
+        for i in range(len(pads) // 2):  # pads run from the last dim backwards
+            d = nd - 1 - i
+            width[2 * d], width[2 * d + 1] = int(pads[2 * i]), int(pads[2 * i + 1])
+        if _meta(x).is_quantized:
+            return relax.op.nn.pad(self.x(x), width, pad_value=float(_qparams(x)[1]))
+        return relax.op.nn.pad(self.x(x), width)
+
+    def _m_pad(self, node):
+        m = self.modules[node.target]
+        return self._pad(node.args[0], m.padding, getattr(m, "value", 0.0))
+
+    def _f_pad(self, node):
+        mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+        value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 0.0)
+        if mode != "constant":
+            raise UnsupportedPyTorchModel(f"from_pytorch: pad mode {mode!r} unsupported")
+        return self._pad(node.args[0], node.args[1], value or 0.0)
+
+    def _reshape_like(self, node):
+        x = self.x(node.args[0])
+        return relax.op.reshape(x, [int(d) for d in _meta(node).shape])
+
+    def _permute(self, node):
+        dims = node.args[1:] if not isinstance(node.args[1], (list, tuple)) else node.args[1]
+        return relax.op.permute_dims(self.x(node.args[0]), [int(d) for d in dims])
+
+    def _q_add(self, node, relu):
+        a, b = node.args[0], node.args[1]
+        (sa, za), (sb, zb) = _qparams(a), _qparams(b)
+        return pe.torch_add(
+            self.x(a), self.x(b), lhs_scale=sa, lhs_zero_point=za, rhs_scale=sb, rhs_zero_point=zb,
+            output_scale=float(_scalar(self.x(_arg(node, 2, "scale")))),
+            output_zero_point=int(_scalar(self.x(_arg(node, 3, "zero_point")))), relu=relu,
+        )  # fmt: skip
+
+    def _q_mul(self, node, relu):
+        a, b = node.args[0], node.args[1]
+        (sa, za), (sb, zb) = _qparams(a), _qparams(b)
+        zo = int(_scalar(self.x(_arg(node, 3, "zero_point"))))
+        return multiply(
+            self.x(a), self.x(b), lhs_scale=sa, lhs_zero_point=za, rhs_scale=sb, rhs_zero_point=zb,
+            output_scale=float(_scalar(self.x(_arg(node, 2, "scale")))), output_zero_point=zo,
+            out_dtype=_QDTYPES[_meta(a).dtype], rounding="float", out_min=zo if relu else None,
+        )  # fmt: skip
+
+    def _q_cat(self, node):
+        """dequantize -> concat -> quantize_per_tensor, exactly what ATen does for NCHW."""
+        tensors = node.args[0]
+        axis = int(_arg(node, 1, "dim", 0))
+        floats = [self.bb.emit(self._dequantize_input(t)) for t in tensors]
+        s = float(_scalar(self.x(_arg(node, 2, "scale"))))
+        z = int(_scalar(self.x(_arg(node, 3, "zero_point"))))
+        y = self.bb.emit(relax.op.concat(floats, axis))
+        return quantize(y, s, z, _QDTYPES[_meta(tensors[0]).dtype], rounding="float")
+
+    # -- PT2E
+
+    def _pt2e_handler(self, node, name) -> Callable | None:
+        table = {
+            "quantized_decomposed.quantize_per_tensor": self._p_quantize,
+            "quantized_decomposed.dequantize_per_tensor": self._p_dequantize,
+            "quantized_decomposed.dequantize_per_channel": self._p_dequantize_channel,
+            "aten.conv2d": self._p_conv,
+            "aten.linear": self._p_linear,
+            "aten.relu": self._p_float(relax.op.nn.relu),
+            "aten.relu_": self._p_float(relax.op.nn.relu),
+            "aten.add": self._p_float(relax.op.add, binary=True),
+            "aten.add_": self._p_float(relax.op.add, binary=True),
+            "aten.mul": self._p_float(relax.op.multiply, binary=True),
+            "aten.max_pool2d": self._f_max_pool,
+            "aten.adaptive_avg_pool2d": self._f_adaptive_avg_pool,
+            "aten.flatten": self._reshape_like,
+            "aten.view": self._reshape_like,
+            "aten.reshape": self._reshape_like,
+            "aten.cat": self._p_cat,
+            "aten.pad": self._f_pad,
+            "aten.constant_pad_nd": self._p_constant_pad,
+        }
+        if name == "getitem" and node.target is operator.getitem:
+            return self._p_getitem
+        return table.get(name)
+
+    def _p_quantize(self, node):
+        x, s, z, _, _, dtype = (self.x(a) for a in node.args[:6])
+        return quantize(x, float(_scalar(s)), int(_scalar(z)), _QDTYPES[dtype], rounding="float")
+
+    def _p_dequantize(self, node):
+        x, s, z = (self.x(a) for a in node.args[:3])
+        s, z = float(_scalar(s)), int(_scalar(z))
+        if isinstance(x, torch.Tensor):  # a per-tensor quantized weight
+            return ("qweight", x.detach().numpy(), np.array([s], np.float32), np.array([z]), 0)
+        return dequantize(x, s, z)
+
+    def _p_dequantize_channel(self, node):
+        """Weights: kept as (int8 array, scales, zero points, axis) for integer conv/dense."""
+        w, s, z, axis = (self.x(a) for a in node.args[:4])
+        wq = w.detach().numpy() if isinstance(w, torch.Tensor) else None
+        if wq is None:
+            raise UnsupportedPyTorchModel("from_pytorch: per-channel dequantize of an activation")
+        return ("qweight", wq, s.detach().numpy().astype(np.float32), z.detach().numpy(), axis)
+
+    def _float_of(self, v):
+        if isinstance(v, tuple) and v and v[0] == "qweight":
+            _, wq, s, z, axis = v
+            return _const(ref.dequantize(wq, s, z, axis=axis))
+        if isinstance(v, torch.Tensor):
+            return _const(v.detach().numpy().astype(np.float32))
+        return v
+
+    def _p_float(self, op, binary=False):
+        def handle(node):
+            if binary:
+                a, b = (self.x(v) for v in node.args[:2])
+                if not isinstance(b, relax.Expr):
+                    b = relax.const(float(b), "float32")
+                return op(self._float_of(a), self._float_of(b))
+            return op(self._float_of(self.x(node.args[0])))
+
+        return handle
+
+    def _p_getitem(self, node):
+        return self.x(node.args[0])[node.args[1]]
+
+    def _p_cat(self, node):
+        axis = int(node.args[1]) if len(node.args) > 1 else 0
+        return relax.op.concat([self._float_of(self.x(t)) for t in node.args[0]], axis)
+
+    def _p_constant_pad(self, node):
+        return self._pad(node.args[0], node.args[1], node.args[2] if len(node.args) > 2 else 0)
+
+    def _dq_source(self, arg):
+        """(int tensor node, scale, zp) when ``arg`` is a per-tensor dequantize node."""
+        if isinstance(arg, torch.fx.Node) and _target_name(arg).endswith("dequantize_per_tensor"):
+            q, s, z = arg.args[:3]
+            return q, float(_scalar(self.x(s))), int(_scalar(self.x(z)))
+        return None
+
+    def _requant_sink(self, node):
+        """(quantize node, relu) when ``node`` feeds only [relu ->] quantize_per_tensor."""
+        relu = False
+        cur = node
+        while len(cur.users) == 1:
+            (user,) = cur.users
+            name = _target_name(user)
+            if name in ("aten.relu", "aten.relu_") and not relu:
+                relu, cur = True, user
+                continue
+            if name == "quantized_decomposed.quantize_per_tensor":
+                return user, relu, cur
+            return None
+        return None
+
+    def _integer_region(self, node, weight_arg, bias_arg):
+        src = self._dq_source(node.args[0])
+        w = self.x(weight_arg)
+        sink = self._requant_sink(node)
+        if src is None or sink is None or not (isinstance(w, tuple) and w[0] == "qweight"):
+            return None
+        qnode, relu, last = sink
+        _, s_out, z_out = qnode.args[:3]
+        bias = self.x(bias_arg) if bias_arg is not None else None
+        if bias is not None and not isinstance(bias, torch.Tensor):
+            return None
+        return src, w, bias, float(_scalar(self.x(s_out))), int(_scalar(self.x(z_out))), relu, qnode
+
+    def _p_integer(self, node, kind):
+        args = list(node.args) + [None] * 7
+        region = self._integer_region(node, args[1], args[2])
+        if region is None:
+            x, w = self._float_of(self.x(args[0])), self._float_of(self.x(args[1]))
+            if kind == "linear":
+                y = relax.op.linear(x, w, self._float_of(self.x(args[2])))
+                return y
+            return self._float_conv(x, w, args)
+        (q, s_in, z_in), (_, wq, ws, wz, _), bias, s_out, z_out, relu, qnode = region
+        per_channel = ws.size > 1
+        zw = [int(v) for v in wz] if per_channel else int(wz[0])
+        if kind == "linear":
+            acc = self.bb.emit(
+                dense(self.x(q), _const(wq), input_zero_point=z_in, kernel_zero_point=zw)
+            )
+            axis = -1
+        else:
+            stride, pad, dil, groups = self._conv_params(args)
+            acc = self.bb.emit(
+                conv2d(
+                    self.x(q),
+                    _const(wq),
+                    strides=stride,
+                    padding=(pad[0], pad[1], pad[0], pad[1]),
+                    dilation=dil,
+                    groups=groups,
+                    data_layout="NCHW",
+                    kernel_layout="OIHW",
+                    input_zero_point=z_in,
+                    kernel_zero_point=zw,
+                )  # fmt: skip
+            )
+            axis = 1
+        out = self.bb.emit(
+            self._epilogue(acc, bias, s_in, ws, per_channel, s_out, z_out, axis, relu)
+        )
+        # The relu and quantize nodes are folded in: they resolve to the integer result.
+        cur = node
+        while cur is not qnode:
+            (cur,) = cur.users
+            self.skip.add(cur)
+            self.env[cur] = out
+        return out
+
+    def _conv_params(self, args):
+        pair = lambda v, d: (
+            [int(t) for t in (v if isinstance(v, (list, tuple)) else [v, v])]
+            if v is not None
+            else [d, d]
+        )  # noqa: E501
+        return pair(args[3], 1), pair(args[4], 0), pair(args[5], 1), int(args[6] or 1)
+
+    def _float_conv(self, x, w, args):
+        stride, pad, dil, groups = self._conv_params(args)
+        y = relax.op.nn.conv2d(x, w, stride, pad, dil, groups)
+        if args[2] is not None:
+            b = self._float_of(self.x(args[2]))
+            y = relax.op.add(self.bb.emit(y), relax.op.reshape(b, [1, -1, 1, 1]))
+        return y
+
+    def _p_conv(self, node):
+        return self._p_integer(node, "conv")
+
+    def _p_linear(self, node):
+        return self._p_integer(node, "linear")
+
+
+def _target_name(node: torch.fx.Node) -> str:
+    if node.op == "call_method":
+        return str(node.target)
+    if node.op != "call_function":
+        return ""
+    t = node.target
+    if isinstance(t, torch._ops.OpOverload):
+        return f"{t.namespace}.{t._schema.name.split('::')[-1]}"
+    if isinstance(t, torch._ops.OpOverloadPacket):
+        return f"{t._qualified_op_name.replace('::', '.')}"
+    if t is operator.getitem:
+        return "getitem"
+    return getattr(t, "__name__", str(t))
+
+
+def _describe(node: torch.fx.Node, modules) -> str:
+    if node.op == "call_module":
+        return type(modules[node.target]).__name__
+    return _target_name(node) or f"{node.op}:{node.target}"
