@@ -15,9 +15,16 @@ from tvm import relax
 
 from tvm_qnn_ext import op
 from tvm_qnn_ext.op import QnnTypeError
-from tvm_qnn_ext.quantization import INTEGER_MODES, QuantizationParamError, requantize
+from tvm_qnn_ext.quantization import (
+    INTEGER_MODES,
+    QuantizationParamError,
+    dtype_range,
+    quantize_multiplier,
+    requantize,
+)
 from tvm_qnn_ext.quantization import conv as ref
 from tvm_qnn_ext.testing.batch import Case, run_cases
+from tvm_qnn_ext.testing.tflite_builder import single_op_model
 
 N_CASES = 210
 FAST = {"kind": "llvm", "opt-level": 0}
@@ -389,3 +396,199 @@ def test_bad_attributes_raise():
         _emit(lambda a, b: op.conv2d(a, b, kernel_zero_point=200), X8, W8)
     with pytest.raises(QuantizationParamError, match="qnn.conv2d input_zero_point"):
         _emit(lambda a, b: op.conv2d(a, b, input_zero_point=-1), ((1, 5, 5, 4), "uint8"), W8)
+
+
+# ---- LiteRT builtin kernels -------------------------------------------------------------------
+#
+# Measured on LiteRT 2.3 (x86, BUILTIN_WITHOUT_DEFAULT_DELEGATES): CONV_2D and FULLY_CONNECTED
+# run their gemm in ruy, whose output stage rounds SaturatingRoundingDoublingHighMul's result
+# with a right shift rounding ties toward +inf ("ruy" below) instead of TFLite's
+# RoundingDivideByPOT (ties away from zero, "tflite").  int8 per-channel DEPTHWISE_CONV_2D uses
+# the ruy rounding on the first 8 * (C // 8) output channels (its SIMD blocks) and "tflite" on
+# the remaining C % 8; uint8 DEPTHWISE_CONV_2D uses "tflite" throughout.  qnn.requantize has no
+# ruy mode, so those channels are requantized from the TVM accumulator here in numpy.
+
+F32 = np.float32
+
+
+def _ruy_requantize(acc, in_scale, out_scale, out_zp, dtype, lo, hi):
+    m, shift = quantize_multiplier(np.asarray(in_scale, np.float64) / np.float64(out_scale))
+    left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
+    prod = (acc.astype(np.int64) << left) * m.astype(np.int64)
+    nudge = np.where(prod >= 0, 1 << 30, 1 - (1 << 30))
+    v = prod + nudge
+    high = np.where(v >= 0, v >> 31, -((-v) >> 31))  # C division truncates toward zero
+    out = ((high + ((np.int64(1) << right) >> 1)) >> right) + out_zp
+    return np.clip(out, lo, hi).astype(dtype)
+
+
+def _tflite_act_range(act, scale, zp, dtype):
+    lo, hi = dtype_range(dtype)
+
+    def q(v):  # TFLite: zp + round(v / scale) in float32, ties away from zero
+        r = F32(v) / F32(scale)
+        return zp + int(np.sign(r) * np.floor(abs(r) + F32(0.5)))
+
+    if act in ("RELU", "RELU6"):
+        lo = max(lo, q(0.0))
+    if act == "RELU6":
+        hi = min(hi, q(6.0))
+    return lo, hi
+
+
+def _same_padding(size, k, stride, dilation):
+    eff = (k - 1) * dilation + 1
+    out = -(-size // stride)
+    total = max((out - 1) * stride + eff - size, 0)
+    return out, total // 2, total - total // 2
+
+
+def _litert_case(rng, kind):
+    """One random single-op TFLite model, its input, and how TVM computes the same thing."""
+    opname, dtype = kind.split("_")
+    per_channel = dtype == "int8"
+    lo, hi = dtype_range(dtype)
+    # Roundings differ only on ties below the output zero point (about 1 output in 500):
+    # large outputs and mostly no fused activation give the comparison its power.
+    n = int(rng.integers(1, 5))
+    h, w_ = (int(v) for v in rng.integers(1, 21, 2))
+    cin, mult = int(rng.integers(1, 9)), int(rng.integers(1, 4))
+    kh, kw = (int(v) for v in rng.integers(1, 4, 2))
+    strides = tuple(int(v) for v in rng.integers(1, 3, 2))
+    dilation = tuple(int(v) for v in rng.integers(1, 3, 2))
+    pad_mode = ("SAME", "VALID")[rng.integers(2)]
+    if opname == "dw":
+        cout, wshape, qdim = cin * mult, (1, kh, kw, cin * mult), 3
+    elif opname == "conv":
+        cout, wshape, qdim = int(rng.integers(1, 12)), None, 0
+        wshape = (cout, kh, kw, cin)
+    else:
+        cout, wshape, qdim = int(rng.integers(1, 20)), None, 0
+        k = int(rng.integers(1, 50))
+        wshape = (cout, k)
+    if opname != "fc":
+        if pad_mode == "SAME":
+            (oh, pt, pb), (ow, pl, pr) = (
+                _same_padding(s, kk, st, d)
+                for s, kk, st, d in zip((h, w_), (kh, kw), strides, dilation, strict=True)
+            )
+        else:
+            eff_h, eff_w = (kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1
+            h, w_ = max(h, eff_h), max(w_, eff_w)
+            oh, ow = (h - eff_h) // strides[0] + 1, (w_ - eff_w) // strides[1] + 1
+            pt = pl = pb = pr = 0
+    s_in = float(F32(rng.uniform(0.005, 0.05)))
+    nw = cout if per_channel and opname != "fc" else 1
+    s_w = rng.uniform(0.001, 0.02, nw).astype(F32)
+    zp_in, zp_out = _rand_zp(rng, dtype), _rand_zp(rng, dtype)
+    zp_w = 0 if per_channel else _rand_zp(rng, dtype)
+    in_scale = [float(s_in) * float(s) for s in s_w]  # double, as TFLite forms it
+    # Half the models have small weights and bias: small accumulators, so the multiplier's
+    # right shift is short and rounding ties (where LiteRT's two roundings differ) are common.
+    spread = 2 if rng.random() < 0.5 else 255
+    wlo, whi = max(-127 if per_channel else 0, zp_w - spread), min(hi, zp_w + spread)
+    weight = rng.integers(wlo, whi + 1, wshape).astype(dtype)
+    bias_max = 2**14 if spread > 2 else 64
+    bias = rng.integers(-bias_max, bias_max, cout).astype(np.int32)
+    act = ("NONE", "NONE", "NONE", "RELU", "RELU6")[rng.integers(5)]
+
+    if opname == "fc":
+        x_shape, y_shape = (n * h * w_, wshape[1]), (n * h * w_, cout)
+        opts = dict(fused_activation=act)
+        attrs = dict(input_zero_point=zp_in, kernel_zero_point=zp_w)
+        acc_fn = lambda X: op.dense(X, relax.const(weight), relax.const(bias), **attrs)
+        reference = lambda x: ref.dense(x, weight, bias, **attrs)
+    else:
+        x_shape, y_shape = (n, h, w_, cin), (n, oh, ow, cout)
+        opts = dict(
+            padding=pad_mode,
+            stride_h=strides[0],
+            stride_w=strides[1],
+            dilation_h=dilation[0],
+            dilation_w=dilation[1],
+            fused_activation=act,
+        )
+        if opname == "dw":
+            opts["depth_multiplier"] = mult
+        attrs = dict(
+            strides=strides,
+            padding=(pt, pl, pb, pr),
+            dilation=dilation,
+            groups=cin if opname == "dw" else 1,
+            kernel_layout="IHWO" if opname == "dw" else "OHWI",
+            input_zero_point=zp_in,
+            kernel_zero_point=zp_w,
+        )
+        acc_fn = lambda X: op.conv2d(X, relax.const(weight), relax.const(bias), **attrs)
+        reference = lambda x: ref.conv2d(x, weight, bias, **attrs)
+    x = rng.integers(lo, hi + 1, x_shape).astype(dtype)
+    expected = reference(x)
+    # Output scale: most outputs in range (so rounding differences show), sometimes a
+    # multiplier above 1 (left shift, saturation).
+    if rng.random() < 0.15:
+        s_out = float(F32(min(in_scale) * rng.uniform(0.2, 1.0)))
+    else:
+        s_out = float(F32(np.mean(in_scale) * max(expected.std(), 1.0) / rng.uniform(10, 60)))
+    out_lo, out_hi = _tflite_act_range(act, s_out, zp_out, dtype)
+    tfl_op = {"conv": "CONV_2D", "dw": "DEPTHWISE_CONV_2D", "fc": "FULLY_CONNECTED"}[opname]
+    model = single_op_model(
+        tfl_op,
+        [
+            dict(shape=x_shape, dtype=dtype, scale=s_in, zero_point=zp_in),
+            dict(
+                shape=wshape,
+                dtype=dtype,
+                scale=s_w,
+                zero_point=[zp_w] * nw,
+                quantized_dimension=qdim,
+                data=weight,
+            ),
+            dict(shape=(cout,), dtype="int32", scale=in_scale, zero_point=[0] * nw, data=bias),
+        ],
+        [dict(shape=y_shape, dtype=dtype, scale=s_out, zero_point=zp_out)],
+        **opts,
+    )
+    axis = len(y_shape) - 1
+    rq = dict(axis=axis if nw > 1 else None, rounding="tflite", out_min=out_lo, out_max=out_hi)
+    chain = lambda X: op.requantize(acc_fn(X), in_scale, 0, s_out, zp_out, dtype, **rq)
+    if opname == "dw" and dtype == "int8":
+        ruy_channels = 8 * (cout // 8)
+    else:
+        ruy_channels = 0 if opname == "dw" else cout
+    meta = dict(
+        kind=kind,
+        model=model,
+        reference=expected,
+        ruy=lambda acc: _ruy_requantize(acc, in_scale, s_out, zp_out, dtype, out_lo, out_hi),
+        ruy_channels=ruy_channels,
+        attrs=attrs,
+        act=act,
+    )
+    return [Case([x], acc_fn, meta), Case([x], chain, meta)]
+
+
+LITERT_KINDS = ("conv_int8", "conv_uint8", "dw_int8", "dw_uint8", "fc_int8", "fc_uint8")
+
+
+def test_against_litert_builtin():
+    pytest.importorskip("ai_edge_litert")
+    from tvm_qnn_ext.testing.litert import run_litert
+
+    rng = np.random.default_rng(10)
+    cases = [c for i in range(16) for kind in LITERT_KINDS for c in _litert_case(rng, kind)]
+    outs = run_cases(cases, FAST)
+    # outputs where the two roundings differ, i.e. where the comparison tells them apart
+    telling = {"ruy": 0, "tflite": 0, "dw_int8 ruy": 0, "dw_int8 tflite": 0}
+    for i in range(0, len(cases), 2):
+        meta, acc, rq = cases[i].meta, outs[i], outs[i + 1]
+        np.testing.assert_array_equal(acc, meta["reference"], err_msg=str(meta["attrs"]))
+        (want,) = run_litert(meta["model"], list(cases[i].inputs))
+        split, ruy = meta["ruy_channels"], meta["ruy"](acc)
+        got = np.concatenate([ruy[..., :split], rq[..., split:]], axis=-1)
+        np.testing.assert_array_equal(got, want, err_msg=f"{meta['kind']} {meta['attrs']}")
+        differ = ruy != rq
+        for key, n in (("ruy", differ[..., :split].sum()), ("tflite", differ[..., split:].sum())):
+            telling[key] += int(n)
+            if meta["kind"] == "dw_int8":
+                telling[f"dw_int8 {key}"] += int(n)
+    assert min(telling.values()) >= 20, telling
