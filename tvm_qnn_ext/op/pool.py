@@ -267,7 +267,8 @@ def _mean_params(call):
 
 
 def _mean_formula(v, where):
-    """``f(sum) -> int64`` before saturation, per mode (see quantization.pool.mean)."""
+    """``f(sum, channel) -> int64`` before saturation, per mode (see quantization.pool.mean);
+    ``channel`` is the index on axis 3, which only LiteRT's 4-D kernel depends on."""
     r, count = v["rounding"], v["count"]
     mbqm = fp.multiply_by_quantized_multiplier
     centered_offset = fp._i64(v["z_in"] * count)
@@ -279,7 +280,18 @@ def _mean_formula(v, where):
             count, v["s_in"], v["z_in"], v["s_out"], v["z_out"], r
         )
         _check_shift(s, where)
-        return lambda t: mbqm(t, m, s, r) + fp._i64(bias)
+        if r != "tflite":
+            return lambda t, c: mbqm(t, m, s, r) + fp._i64(bias)
+        vec_channels = 16 * (v["shape"][3] // 16)
+        right = fp._i64(max(-s, 0))
+        half = fp._i64((1 << max(-s, 0)) >> 1)
+
+        def tflite_4d(t, c):
+            # LiteRT's vector loop rounds the last shift half up (vrshl), its tail half away.
+            vec = ((mbqm(t, m, max(s, 0), r) + half) >> right) + fp._i64(bias)
+            return tirx.Select(c < vec_channels, vec, mbqm(t, m, s, r) + fp._i64(bias))
+
+        return tflite_4d
     if tflite:
         m, s = ref.tflite_mean_general_params(count, v["s_in"], v["s_out"], r)
     elif r in INTEGER_MODES:
@@ -289,13 +301,13 @@ def _mean_formula(v, where):
         real = tirx.const(float(np.float32(v["s_in"] / (v["s_out"] * count))), "float32")
         big = tirx.const(2.0**40, "float32")
 
-        def flt(t):
+        def flt(t, c):
             y = fp.round_half_even_f32((t - centered_offset).astype("float32") * real)
             return tirx.max(tirx.min(y, big), -big).astype("int64") + z_out
 
         return flt
     _check_shift(s, where)
-    return lambda t: mbqm(t - centered_offset, m, s, r) + z_out
+    return lambda t, c: mbqm(t - centered_offset, m, s, r) + z_out
 
 
 def _check_shift(shift: int, where: str) -> None:
@@ -324,6 +336,10 @@ class Mean:
         lo, hi = dtype_range(v["out_dtype"])
         out_shape = _mean_out_shape(v)
         f = v["formula"]
+        out_axis3 = 3 if keep and len(shape) == 4 else None
+
+        def channel(i):
+            return i[out_axis3] if out_axis3 is not None else fp._i64(0)
 
         def compute(x):
             def full_index(oidx, raxes):
@@ -348,7 +364,7 @@ class Mean:
                 total = te.compute(out_shape, lambda *i: x(*i).astype("int64"), name="mean_sum")
             return te.compute(
                 out_shape,
-                lambda *i: fp.clamp_cast(f(total(*i)), lo, hi, v["out_dtype"]),
+                lambda *i: fp.clamp_cast(f(total(*i), channel(i)), lo, hi, v["out_dtype"]),
                 name="mean",
             )
 

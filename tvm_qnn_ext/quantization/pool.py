@@ -11,8 +11,9 @@ Pooling keeps the input's quantization (TFLite requires it), so it works on the 
 
 ``mean`` follows LiteRT's builtin MEAN for ``tflite``: the 4-D ``keepdims`` reduction over axes
 {1, 2} of an int8/uint8 tensor takes the optimized kernel (float32 bias and multiplier,
-raw sum); every other case takes the general kernel (``s_in / s_out`` multiplier with
-``1 / count`` folded in by an integer division, centered sum).
+raw sum; channels in its 16-wide vector loop round the last shift half up, the scalar tail
+half away from zero); every other case takes the general kernel (``s_in / s_out`` multiplier
+with ``1 / count`` folded in by an integer division, centered sum).
 """
 
 from __future__ import annotations
@@ -170,6 +171,20 @@ def tflite_mean_uses_4d_kernel(
     return in_dtype in ("int8", "uint8") and keepdims and ndim == 4 and axes == (1, 2)
 
 
+def tflite_mean_vector_lanes(channels: int) -> np.ndarray:
+    """Channels that LiteRT's 4-D mean kernel handles in its 16-wide vector loop (the rest go
+    through the scalar tail), as it runs single-threaded."""
+    return np.arange(channels) < 16 * (channels // 16)
+
+
+def tflite_vector_mbqm(x: np.ndarray, multiplier: int, shift: int) -> np.ndarray:
+    """MultiplyByQuantizedMultiplier4Rows: like the scalar form, but the final right shift is a
+    rounding shift (``vrshl``) that rounds ties toward +inf instead of away from zero."""
+    high = multiply_by_quantized_multiplier(x, multiplier, max(shift, 0), "tflite")
+    right = max(-shift, 0)
+    return (high.astype(np.int64) + ((1 << right) >> 1)) >> right
+
+
 def tflite_mean_4d_params(
     count: int, input_scale, input_zero_point, output_scale, output_zero_point, rounding="tflite"
 ) -> tuple[int, int, int]:
@@ -229,6 +244,9 @@ def mean(
         m, s, bias = tflite_mean_4d_params(count, s_in, z_in, s_out, z_out, rounding)
         _check_shift(s, where)
         y = mbqm(total, m, s, rounding).astype(np.int64) + bias
+        if rounding == "tflite":
+            vec = tflite_vector_mbqm(total, m, s) + bias
+            y = np.where(tflite_mean_vector_lanes(data.shape[3]), vec, y)
     elif tflite:
         m, s = tflite_mean_general_params(count, s_in, s_out, rounding)
         _check_shift(s, where)
