@@ -26,7 +26,9 @@ def _sign_fix(x: PrimExpr, half: PrimExpr) -> PrimExpr:
     return tirx.Select(x < _i64(0), tirx.min(half, _i64(1)), _i64(0))
 
 
-def multiply_by_quantized_multiplier(x, multiplier, shift, rounding: str) -> PrimExpr:
+def multiply_by_quantized_multiplier(
+    x, multiplier, shift, rounding: str, ties_up: PrimExpr | None = None
+) -> PrimExpr:
     """``x * multiplier * 2**(shift - 31)`` rounded per ``rounding``; returns an int64 value
     that lies in the int32 range.  ``multiplier``/``shift`` are ints or PrimExprs.
 
@@ -34,6 +36,7 @@ def multiply_by_quantized_multiplier(x, multiplier, shift, rounding: str) -> Pri
     written with its operand used at most twice, which keeps fused TIR small: for
     ``b >= 0``, SaturatingRoundingDoublingHighMul(a, b) == (a*b + 2^30) >> 31 exactly, and
     RoundingDivideByPOT(x, e) == (x + 2^(e-1) - [x < 0 and e > 0]) >> e.
+    With ``rounding="tflite"``, a boolean ``ties_up`` switches to ``tflite_neon`` where true.
     """
     x = _i64(x)
     m = _i64(multiplier)
@@ -46,7 +49,10 @@ def multiply_by_quantized_multiplier(x, multiplier, shift, rounding: str) -> Pri
         half = (_i64(1) << right) >> _i64(1)
         if rounding == "tflite_neon":
             return (high + half) >> right
-        return (high + half - _sign_fix(high, half)) >> right
+        fix = _sign_fix(high, half)
+        if ties_up is not None:
+            fix = tirx.Select(ties_up, _i64(0), fix)
+        return (high + half - fix) >> right
     if rounding not in ("tflite_single", "upward", "tonearest"):
         raise ValueError(f"no fixed-point lowering for rounding mode {rounding!r}")
     total = _i64(31) - _i64(shift)

@@ -52,8 +52,13 @@ def requantize(
     rounding: str = "tflite",
     out_min: int | None = None,
     out_max: int | None = None,
+    neon_channels: int | None = None,
 ) -> relax.Call:
-    """Rescale an integer tensor; per-axis when ``in_scale``/``out_scale`` are sequences."""
+    """Rescale an integer tensor; per-axis when ``in_scale``/``out_scale`` are sequences.
+
+    ``neon_channels=N`` (with ``rounding="tflite"`` and an axis) rounds channels ``[0, N)`` as
+    ``tflite_neon``: LiteRT's per-channel depthwise kernel does exactly that.
+    """
     check_rounding(rounding)
     return make_call(
         "qnn.requantize",
@@ -68,6 +73,7 @@ def requantize(
             rounding=rounding,
             out_min=out_min,
             out_max=out_max,
+            neon_channels=neon_channels or None,
         ),
     )
 
@@ -136,8 +142,11 @@ class Requantize:
                 per_axis(out_zp, "int32"),
             ]
 
+            neon = int(attr(call, "neon_channels", 0) or 0)
+
             def rescale(c, v, m, s):
-                return fp.multiply_by_quantized_multiplier(v, at(m, c), at(s, c), rounding)
+                ties_up = (c < neon) if neon and axis is not None else None
+                return fp.multiply_by_quantized_multiplier(v, at(m, c), at(s, c), rounding, ties_up)
         else:
             params = [
                 per_axis(real.astype(np.float32), "float32"),

@@ -83,6 +83,7 @@ def requantize(
     axis: int | None = None,
     out_min: int | None = None,
     out_max: int | None = None,
+    neon_channels: int = 0,
 ) -> np.ndarray:
     """Rescale integers from (in_scale, in_zp) to (out_scale, out_zp) and saturate.
 
@@ -90,6 +91,8 @@ def requantize(
     encoded with ``quantize_multiplier``.  ``rounding="float"`` follows PyTorch's fbgemm:
     ``rint(float32(x - in_zp) * float32(in_scale / out_scale)) + out_zp``.
     ``out_min``/``out_max`` narrow the saturation range (fused activations).
+    ``neon_channels=N`` rounds channels ``[0, N)`` along ``axis`` as ``tflite_neon`` (LiteRT's
+    per-channel depthwise kernel does this for its SIMD blocks; the tail stays ``tflite``).
     """
     check_rounding(rounding)
     x = np.asarray(x)
@@ -106,6 +109,12 @@ def requantize(
     if rounding in INTEGER_MODES:
         m, s = _quantize_multiplier(real, rounding)
         y = multiply_by_quantized_multiplier(centered, m, s, rounding).astype(np.int64)
+        if neon_channels and axis is not None:
+            ties_up = multiply_by_quantized_multiplier(centered, m, s, "tflite_neon")
+            channel = np.arange(x.shape[axis]).reshape(
+                [-1 if d == axis % x.ndim else 1 for d in range(x.ndim)]
+            )
+            y = np.where(channel < neon_channels, ties_up, y)
     else:
         y = np.rint(centered.astype(np.float32) * real.astype(np.float32))
         y = np.clip(y, -(2.0**40), 2.0**40).astype(np.int64)

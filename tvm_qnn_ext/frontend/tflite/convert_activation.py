@@ -13,8 +13,10 @@ _RELU_KIND = {"RELU": FUSED_RELU, "RELU6": FUSED_RELU6, "RELU_N1_TO_1": FUSED_RE
 def _qparams(ctx: Context, op: Operator) -> dict:
     qi, qo = ctx.quant(op.inputs[0]), ctx.quant(op.outputs[0])
     return dict(
-        input_scale=qi.scale[0], input_zero_point=int(qi.zero_point[0]),
-        output_scale=qo.scale[0], output_zero_point=int(qo.zero_point[0]),
+        input_scale=qi.scale[0],
+        input_zero_point=int(qi.zero_point[0]),
+        output_scale=qo.scale[0],
+        output_zero_point=int(qo.zero_point[0]),
         out_dtype=ctx.tensor(op.outputs[0]).dtype,
     )
 
@@ -25,8 +27,15 @@ def convert_relu(ctx: Context, op: Operator):
     out = ctx.tensor(op.outputs[0])
     lo, hi = activation_range(_RELU_KIND[op.name], qo, out.dtype)
     call = qnn.requantize(
-        ctx.expr(op.inputs[0]), qi.scale[0], int(qi.zero_point[0]), qo.scale[0],
-        int(qo.zero_point[0]), out.dtype, rounding="tflite", out_min=lo, out_max=hi,
+        ctx.expr(op.inputs[0]),
+        qi.scale[0],
+        int(qi.zero_point[0]),
+        qo.scale[0],
+        int(qo.zero_point[0]),
+        out.dtype,
+        rounding="tflite",
+        out_min=lo,
+        out_max=hi,
     )
     return [ctx.emit(call)]
 

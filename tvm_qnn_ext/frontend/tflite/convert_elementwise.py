@@ -29,10 +29,17 @@ def convert_binary(ctx: Context, op: Operator):
     lo, hi = activation_range(op.options.get("fused_activation_function", 0), qo, out.dtype)
     make = getattr(qnn, _OPS[op.name])
     call = make(
-        ctx.expr(op.inputs[0]), ctx.expr(op.inputs[1]),
-        lhs_scale=qa.scale[0], lhs_zero_point=int(qa.zero_point[0]),
-        rhs_scale=qb.scale[0], rhs_zero_point=int(qb.zero_point[0]),
-        output_scale=qo.scale[0], output_zero_point=int(qo.zero_point[0]),
-        out_dtype=out.dtype, rounding="tflite", out_min=lo, out_max=hi,
+        ctx.expr(op.inputs[0]),
+        ctx.expr(op.inputs[1]),
+        lhs_scale=qa.scale[0],
+        lhs_zero_point=int(qa.zero_point[0]),
+        rhs_scale=qb.scale[0],
+        rhs_zero_point=int(qb.zero_point[0]),
+        output_scale=qo.scale[0],
+        output_zero_point=int(qo.zero_point[0]),
+        out_dtype=out.dtype,
+        rounding="tflite",
+        out_min=lo,
+        out_max=hi,
     )
     return [ctx.emit(call)]

@@ -11,8 +11,19 @@ from .importer import Context, converter, quantized_io
 from .reader import Operator
 
 
-# LiteRT's builtin conv/FC kernels requantize with a ties-up rounding shift (see ROUNDING_MODES).
-LITERT_ROUNDING = "tflite_neon"
+def _litert_rounding(ctx: Context, op: Operator) -> dict:
+    """How LiteRT's builtin kernel rounds, measured op by op (tests/test_op_conv.py).
+
+    CONV_2D and FULLY_CONNECTED run their gemm in ruy, whose output stage rounds the final shift
+    ties-up.  int8 DEPTHWISE_CONV_2D does so on its SIMD blocks of 8 channels and rounds the
+    remaining C % 8 channels ties-away; uint8 DEPTHWISE_CONV_2D rounds ties-away throughout.
+    """
+    if op.name != "DEPTHWISE_CONV_2D":
+        return dict(rounding="tflite_neon")
+    if ctx.tensor(op.inputs[0]).dtype == "int8":
+        channels = ctx.tensor(op.outputs[0]).shape[-1]
+        return dict(rounding="tflite", neon_channels=8 * (channels // 8))
+    return dict(rounding="tflite")
 
 
 def _check_weighted(ctx: Context, op: Operator) -> str | None:
@@ -46,8 +57,16 @@ def _requantize(ctx: Context, op: Operator, acc: relax.Expr, axis: int) -> relax
     # TFLite forms s_in * s_w[c] in double and divides by s_out in double.
     acc_scale = qi.scale[0] * qw.scale
     return qnn.requantize(
-        acc, acc_scale, 0, qo.scale[0], int(qo.zero_point[0]), out.dtype,
-        axis=axis if qw.per_axis else None, rounding=LITERT_ROUNDING, out_min=lo, out_max=hi,
+        acc,
+        acc_scale,
+        0,
+        qo.scale[0],
+        int(qo.zero_point[0]),
+        out.dtype,
+        axis=axis,
+        out_min=lo,
+        out_max=hi,
+        **_litert_rounding(ctx, op),
     )
 
 
@@ -70,10 +89,18 @@ def convert_conv2d(ctx: Context, op: Operator):
     padding = same_or_valid_padding(o["padding"], (h, wd), (kh, kw), strides, dilation)
     acc = ctx.emit(
         qnn.conv2d(
-            x, relax.const(w, str(w.dtype)), _bias(ctx, op), strides=strides, padding=padding,
-            dilation=dilation, groups=groups, data_layout="NHWC", kernel_layout=layout,
+            x,
+            relax.const(w, str(w.dtype)),
+            _bias(ctx, op),
+            strides=strides,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            data_layout="NHWC",
+            kernel_layout=layout,
             input_zero_point=int(qi.zero_point[0]),
-            kernel_zero_point=_kernel_zp(qw), out_dtype="int32",
+            kernel_zero_point=_kernel_zp(qw),
+            out_dtype="int32",
         )
     )
     return [ctx.emit(_requantize(ctx, op, acc, axis=3))]
@@ -96,9 +123,13 @@ def convert_fully_connected(ctx: Context, op: Operator):
     qi, qw = ctx.quant(op.inputs[0]), ctx.quant(op.inputs[1])
     acc = ctx.emit(
         qnn.dense(
-            x, relax.const(w, str(w.dtype)), _bias(ctx, op),
-            input_zero_point=int(qi.zero_point[0]), kernel_zero_point=_kernel_zp(qw),
-            weight_layout="NK", out_dtype="int32",
+            x,
+            relax.const(w, str(w.dtype)),
+            _bias(ctx, op),
+            input_zero_point=int(qi.zero_point[0]),
+            kernel_zero_point=_kernel_zp(qw),
+            weight_layout="NK",
+            out_dtype="int32",
         )
     )
     y = ctx.emit(_requantize(ctx, op, acc, axis=1))

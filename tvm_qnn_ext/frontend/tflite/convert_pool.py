@@ -29,11 +29,27 @@ def convert_pool2d(ctx: Context, op: Operator):
     lo, hi = activation_range(o.get("fused_activation_function", 0), out.quant, out.dtype)
     x = ctx.expr(op.inputs[0])
     if op.name == "AVERAGE_POOL_2D":
-        call = qnn.avg_pool2d(x, pool_size=pool, strides=strides, padding=padding, layout="NHWC",
-                              out_dtype=out.dtype, out_min=lo, out_max=hi, rounding="tflite")
+        call = qnn.avg_pool2d(
+            x,
+            pool_size=pool,
+            strides=strides,
+            padding=padding,
+            layout="NHWC",
+            out_dtype=out.dtype,
+            out_min=lo,
+            out_max=hi,
+            rounding="tflite",
+        )
     else:
-        call = qnn.max_pool2d(x, pool_size=pool, strides=strides, padding=padding, layout="NHWC",
-                              out_min=lo, out_max=hi)
+        call = qnn.max_pool2d(
+            x,
+            pool_size=pool,
+            strides=strides,
+            padding=padding,
+            layout="NHWC",
+            out_min=lo,
+            out_max=hi,
+        )
     return [ctx.emit(call)]
 
 
@@ -53,9 +69,14 @@ def convert_mean(ctx: Context, op: Operator):
     qi, qo = ctx.quant(op.inputs[0]), ctx.quant(op.outputs[0])
     out = ctx.tensor(op.outputs[0])
     call = qnn.mean(
-        ctx.expr(op.inputs[0]), axis=axes, keepdims=bool(op.options.get("keep_dims", False)),
-        input_scale=qi.scale[0], input_zero_point=int(qi.zero_point[0]),
-        output_scale=qo.scale[0], output_zero_point=int(qo.zero_point[0]),
-        out_dtype=out.dtype, rounding="tflite",
+        ctx.expr(op.inputs[0]),
+        axis=axes,
+        keepdims=bool(op.options.get("keep_dims", False)),
+        input_scale=qi.scale[0],
+        input_zero_point=int(qi.zero_point[0]),
+        output_scale=qo.scale[0],
+        output_zero_point=int(qo.zero_point[0]),
+        out_dtype=out.dtype,
+        rounding="tflite",
     )
     return [ctx.emit(call)]

@@ -29,8 +29,15 @@ def convert_quantize(ctx: Context, op: Operator):
         call = qnn.quantize(x, qo.scale[0], int(qo.zero_point[0]), dst.dtype)
     else:
         qi = src.quant
-        call = qnn.requantize(x, qi.scale[0], int(qi.zero_point[0]), qo.scale[0],
-                              int(qo.zero_point[0]), dst.dtype, rounding="tflite")
+        call = qnn.requantize(
+            x,
+            qi.scale[0],
+            int(qi.zero_point[0]),
+            qo.scale[0],
+            int(qo.zero_point[0]),
+            dst.dtype,
+            rounding="tflite",
+        )
     return [ctx.emit(call)]
 
 

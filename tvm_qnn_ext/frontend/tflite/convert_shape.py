@@ -26,9 +26,13 @@ def _same_quant(ctx: Context, op: Operator, inputs=None) -> str | None:
             return "float32 activations (only quantized models are supported)"
         if t.dtype in QUANT_DTYPES and (t.quant is None or out.quant is None):
             return "missing quantization parameters"
-        if t.quant is not None and out.quant is not None and (
-            t.quant.scale[0] != out.quant.scale[0]
-            or t.quant.zero_point[0] != out.quant.zero_point[0]
+        if (
+            t.quant is not None
+            and out.quant is not None
+            and (
+                t.quant.scale[0] != out.quant.scale[0]
+                or t.quant.zero_point[0] != out.quant.zero_point[0]
+            )
         ):
             return "input and output quantization differ"
     return None
@@ -98,11 +102,13 @@ def _slices(ctx: Context, op: Operator, shape) -> tuple[list[slice], list[int]]:
             slices.append(slice(b, b + 1, 1))
             shrink.append(d)
             continue
-        slices.append(slice(
-            None if o.get("begin_mask", 0) >> d & 1 else b,
-            None if o.get("end_mask", 0) >> d & 1 else e,
-            s,
-        ))
+        slices.append(
+            slice(
+                None if o.get("begin_mask", 0) >> d & 1 else b,
+                None if o.get("end_mask", 0) >> d & 1 else e,
+                s,
+            )
+        )
     return slices, shrink
 
 
@@ -146,7 +152,8 @@ def _check_split(ctx: Context, op: Operator) -> str | None:
     if data.quant is None or out.quant is None or data.dtype not in QUANT_DTYPES:
         return "SPLIT of non-quantized data"
     if (data.quant.scale[0], data.quant.zero_point[0]) != (
-        out.quant.scale[0], out.quant.zero_point[0]
+        out.quant.scale[0],
+        out.quant.zero_point[0],
     ):
         return "input and output quantization differ"
     return None
@@ -204,9 +211,13 @@ def convert_concat(ctx: Context, op: Operator):
     qs = [ctx.quant(i) for i in op.inputs]
     qo = ctx.quant(op.outputs[0])
     call = qnn.concatenate(
-        [ctx.expr(i) for i in op.inputs], axis=axis,
-        input_scales=[q.scale[0] for q in qs], input_zero_points=[int(q.zero_point[0]) for q in qs],
-        output_scale=qo.scale[0], output_zero_point=int(qo.zero_point[0]),
-        out_dtype=ctx.tensor(op.outputs[0]).dtype, rounding="tflite",
+        [ctx.expr(i) for i in op.inputs],
+        axis=axis,
+        input_scales=[q.scale[0] for q in qs],
+        input_zero_points=[int(q.zero_point[0]) for q in qs],
+        output_scale=qo.scale[0],
+        output_zero_point=int(qo.zero_point[0]),
+        out_dtype=ctx.tensor(op.outputs[0]).dtype,
+        rounding="tflite",
     )
     return [ctx.emit(call)]

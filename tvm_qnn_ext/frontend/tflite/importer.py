@@ -134,9 +134,7 @@ def _check_variables(graph: Graph) -> None:
         )
 
 
-def from_tflite(
-    source: str | Path | bytes, outputs: list[int | str] | None = None
-) -> tvm.IRModule:
+def from_tflite(source: str | Path | bytes, outputs: list[int | str] | None = None) -> tvm.IRModule:
     """Import a pre-quantized TFLite model into an IRModule of QNN dialect ops.
 
     Weights stay int8 (bias int32); the graph is integer-only between the model's float
@@ -187,8 +185,9 @@ def _convert(ctx: Context, op: Operator) -> None:
     if results is None:
         return
     if len(results) != len(op.outputs):
-        raise TFLiteImportError(f"operator {op.index} ({op.name}): produced {len(results)} of "
-                                f"{len(op.outputs)} outputs")
+        raise TFLiteImportError(
+            f"operator {op.index} ({op.name}): produced {len(results)} of {len(op.outputs)} outputs"
+        )
     for i, v in zip(op.outputs, results, strict=True):
         ctx.values[i] = v
 

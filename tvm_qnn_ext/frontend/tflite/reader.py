@@ -24,16 +24,26 @@ _TENSOR_TYPES = {
     v: k for k, v in vars(tflite.TensorType).items() if not k.startswith("_") and isinstance(v, int)
 }
 _NUMPY_DTYPES = {
-    "FLOAT32": "float32", "FLOAT16": "float16", "INT32": "int32", "UINT8": "uint8",
-    "INT64": "int64", "BOOL": "bool", "INT16": "int16", "INT8": "int8", "UINT32": "uint32",
-    "UINT16": "uint16", "FLOAT64": "float64",
+    "FLOAT32": "float32",
+    "FLOAT16": "float16",
+    "INT32": "int32",
+    "UINT8": "uint8",
+    "INT64": "int64",
+    "BOOL": "bool",
+    "INT16": "int16",
+    "INT8": "int8",
+    "UINT32": "uint32",
+    "UINT16": "uint16",
+    "FLOAT64": "float64",
 }
 _OP_NAMES = {
-    v: k for k, v in vars(tflite.BuiltinOperator).items()
+    v: k
+    for k, v in vars(tflite.BuiltinOperator).items()
     if not k.startswith("_") and isinstance(v, int)
 }
 _OPTION_NAMES = {
-    v: k for k, v in vars(tflite.BuiltinOptions).items()
+    v: k
+    for k, v in vars(tflite.BuiltinOptions).items()
     if not k.startswith("_") and isinstance(v, int)
 }
 
@@ -125,9 +135,7 @@ def _quant(t: tflite.Tensor, name: str) -> Quant | None:
         else np.zeros(scale.size, dtype=np.int64)
     )
     if zp.size not in (1, scale.size):
-        raise TFLiteImportError(
-            f"tensor {name!r}: {scale.size} scales but {zp.size} zero points"
-        )
+        raise TFLiteImportError(f"tensor {name!r}: {scale.size} scales but {zp.size} zero points")
     try:
         check_scale(scale, f"tensor {name!r}")
     except QuantizationParamError as e:
