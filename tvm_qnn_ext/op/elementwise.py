@@ -177,7 +177,7 @@ def output_bounds(call: relax.Call, out_dtype: str) -> tuple[int, int]:
 def check_call_rounding(call: relax.Call) -> str:
     rounding = attr(call, "rounding", "tflite")
     try:
-        return check_rounding(str(rounding))
+        return ref.op_rounding(str(rounding))
     except ValueError as e:
         raise QnnTypeError(f"{op_name(call)}: {e}") from None
 

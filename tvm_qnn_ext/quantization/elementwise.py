@@ -34,6 +34,13 @@ from .params import check_scale, check_zero_point, dtype_range
 ELEMENTWISE_DTYPES = ("int8", "uint8", "int16")
 
 
+def op_rounding(rounding: str) -> str:
+    """The mode these ops compute in.  ``tflite_neon`` names LiteRT's optimized kernels, which
+    for these ops is what ``tflite`` already reproduces, so it is an alias."""
+    check_rounding(rounding)
+    return "tflite" if rounding == "tflite_neon" else rounding
+
+
 def _scalar_scale(scale, where: str) -> float:
     s = check_scale(scale, where)
     if s.size != 1:
@@ -143,7 +150,7 @@ def _binary(
     out_max: int | None,
 ) -> np.ndarray:
     where = f"qnn.{kind}"
-    check_rounding(rounding)
+    rounding = op_rounding(rounding)
     lhs, rhs = np.asarray(lhs), np.asarray(rhs)
     _check_inputs(lhs, rhs, where)
     in_dtype = str(lhs.dtype)
@@ -296,7 +303,7 @@ def concatenate(
     that mode (Relay's qnn.concatenate, PyTorch's float rescale).
     """
     where = "qnn.concatenate"
-    check_rounding(rounding)
+    rounding = op_rounding(rounding)
     tensors = [np.asarray(t) for t in tensors]
     n = len(tensors)
     if n == 0:

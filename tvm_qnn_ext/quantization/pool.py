@@ -23,10 +23,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from .affine import saturate
-from .elementwise import _scalar_scale, _scalar_zp, activation_bounds
+from .elementwise import _scalar_scale, _scalar_zp, activation_bounds, op_rounding
 from .fixed_point import (
     INTEGER_MODES,
-    check_rounding,
     multiply_by_quantized_multiplier,
     quantize_multiplier,
 )
@@ -119,7 +118,7 @@ def avg_pool2d(
 ) -> np.ndarray:
     """Average pooling on quantized integers (same quantization in and out)."""
     where = "qnn.avg_pool2d"
-    check_rounding(rounding)
+    rounding = op_rounding(rounding)
     data = np.asarray(data)
     out_dtype = out_dtype or str(data.dtype)
     lo, hi = activation_bounds(out_dtype, out_min, out_max, where)
@@ -224,7 +223,7 @@ def mean(
     ``s_in / (count * s_out)`` in one fixed-point step; ``float`` does that multiply in float32
     and rounds half to even."""
     where = "qnn.mean"
-    check_rounding(rounding)
+    rounding = op_rounding(rounding)
     data = np.asarray(data)
     in_dtype = str(data.dtype)
     if in_dtype not in POOL_DTYPES:
