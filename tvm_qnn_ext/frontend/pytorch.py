@@ -59,7 +59,8 @@ def from_pytorch(
         raise TypeError(
             f"from_pytorch: expected an nn.Module or ExportedProgram, got {type(model)}"
         )
-    model = model.eval()
+    if not isinstance(model, torch.fx.GraphModule):
+        model = model.eval()  # exported GraphModules refuse .eval(); they are inference graphs
     gm = model if isinstance(model, torch.fx.GraphModule) else _trace(model)
     from torch.fx.passes.shape_prop import ShapeProp
 
@@ -146,6 +147,8 @@ class _Converter:
         import torch.ao.nn.quantized as nnq
 
         m = self.modules[node.target]
+        if type(m).__name__ == "GuardsFn":  # torch.export's input-shape guards: nothing to do
+            return lambda n: None
         table = [
             ((nnq.Quantize,), self._m_quantize),
             ((nnq.DeQuantize,), self._m_dequantize),
@@ -200,6 +203,7 @@ class _Converter:
         return None
 
     def convert(self) -> tvm.IRModule:
+        self._require_quantized()
         missing = Counter(
             _describe(n, self.modules)
             for n in self.gm.graph.nodes
@@ -208,7 +212,6 @@ class _Converter:
         if missing:
             listed = ", ".join(f"{k} x{v}" for k, v in sorted(missing.items()))
             raise UnsupportedPyTorchModel(f"from_pytorch: unsupported PyTorch ops: {listed}")
-        self._require_quantized()
         params = [
             relax.Var(n.name, relax.TensorType(list(_meta(n).shape), "float32"))
             for n in self.gm.graph.nodes
@@ -585,17 +588,21 @@ class _Converter:
         return None
 
     def _integer_region(self, node, weight_arg, bias_arg):
+        """(input, weight, bias, sink) for an integer conv/dense; sink is None when the float
+        result feeds something other than [relu ->] quantize (e.g. a fused add)."""
         src = self._dq_source(node.args[0])
         w = self.x(weight_arg)
-        sink = self._requant_sink(node)
-        if src is None or sink is None or not (isinstance(w, tuple) and w[0] == "qweight"):
-            return None
-        qnode, relu, last = sink
-        _, s_out, z_out = qnode.args[:3]
         bias = self.x(bias_arg) if bias_arg is not None else None
+        if src is None or not (isinstance(w, tuple) and w[0] == "qweight"):
+            return None
         if bias is not None and not isinstance(bias, torch.Tensor):
             return None
-        return src, w, bias, float(_scalar(self.x(s_out))), int(_scalar(self.x(z_out))), relu, qnode
+        sink = self._requant_sink(node)
+        if sink is not None:
+            qnode, relu, _ = sink
+            _, s_out, z_out = qnode.args[:3]
+            sink = (float(_scalar(self.x(s_out))), int(_scalar(self.x(z_out))), relu, qnode)
+        return src, w, bias, sink
 
     def _p_integer(self, node, kind):
         args = list(node.args) + [None] * 7
@@ -606,7 +613,7 @@ class _Converter:
                 y = relax.op.linear(x, w, self._float_of(self.x(args[2])))
                 return y
             return self._float_conv(x, w, args)
-        (q, s_in, z_in), (_, wq, ws, wz, _), bias, s_out, z_out, relu, qnode = region
+        (q, s_in, z_in), (_, wq, ws, wz, _), bias, sink = region
         per_channel = ws.size > 1
         zw = [int(v) for v in wz] if per_channel else int(wz[0])
         if kind == "linear":
@@ -631,6 +638,15 @@ class _Converter:
                 )  # fmt: skip
             )
             axis = 1
+        atw = ref.act_times_w_scale(s_in, ws)
+        if sink is None:  # float result: acc * s_in * s_w (+ bias)
+            y = dequantize(acc, atw, 0, axis=axis if per_channel else None)
+            if bias is None:
+                return y
+            b = _const(bias.detach().numpy().astype(np.float32))
+            shape = [-1] if kind == "linear" else [1, -1, 1, 1]
+            return relax.op.add(self.bb.emit(y), relax.op.reshape(b, shape))
+        s_out, z_out, relu, qnode = sink
         out = self.bb.emit(
             self._epilogue(acc, bias, s_in, ws, per_channel, s_out, z_out, axis, relu)
         )
