@@ -402,11 +402,11 @@ def test_bad_attributes_raise():
 #
 # Measured on LiteRT 2.3 (x86, BUILTIN_WITHOUT_DEFAULT_DELEGATES): CONV_2D and FULLY_CONNECTED
 # run their gemm in ruy, whose output stage rounds SaturatingRoundingDoublingHighMul's result
-# with a right shift rounding ties toward +inf ("ruy" below) instead of TFLite's
-# RoundingDivideByPOT (ties away from zero, "tflite").  int8 per-channel DEPTHWISE_CONV_2D uses
-# the ruy rounding on the first 8 * (C // 8) output channels (its SIMD blocks) and "tflite" on
-# the remaining C % 8; uint8 DEPTHWISE_CONV_2D uses "tflite" throughout.  qnn.requantize has no
-# ruy mode, so those channels are requantized from the TVM accumulator here in numpy.
+# with a right shift rounding ties toward +inf (qnn.requantize rounding "tflite_neon") instead
+# of TFLite's RoundingDivideByPOT (ties away from zero, "tflite").  int8 per-channel
+# DEPTHWISE_CONV_2D rounds its first 8 * (C // 8) output channels (SIMD blocks) ties-up and the
+# remaining C % 8 ties-away (``neon_channels``); uint8 DEPTHWISE_CONV_2D is "tflite" throughout.
+# ``_ruy_requantize`` re-derives the ties-up rounding independently of the package.
 
 F32 = np.float32
 
@@ -549,17 +549,25 @@ def _litert_case(rng, kind):
         **opts,
     )
     axis = len(y_shape) - 1
-    rq = dict(axis=axis if nw > 1 else None, rounding="tflite", out_min=out_lo, out_max=out_hi)
-    chain = lambda X: op.requantize(acc_fn(X), in_scale, 0, s_out, zp_out, dtype, **rq)
+    axis = axis if nw > 1 else None
     if opname == "dw" and dtype == "int8":
-        ruy_channels = 8 * (cout // 8)
+        ruy_channels, rounding = 8 * (cout // 8), "tflite"
+    elif opname == "dw":
+        ruy_channels, rounding = 0, "tflite"
     else:
-        ruy_channels = 0 if opname == "dw" else cout
+        ruy_channels, rounding = cout, "tflite_neon"
+    rq = dict(axis=axis, rounding=rounding, out_min=out_lo, out_max=out_hi)
+    if rounding == "tflite" and ruy_channels:
+        rq["neon_channels"] = ruy_channels
+    chain = lambda X: op.requantize(acc_fn(X), in_scale, 0, s_out, zp_out, dtype, **rq)
     meta = dict(
         kind=kind,
         model=model,
         reference=expected,
         ruy=lambda acc: _ruy_requantize(acc, in_scale, s_out, zp_out, dtype, out_lo, out_hi),
+        tflite=lambda acc: requantize(
+            acc, in_scale, 0, s_out, zp_out, dtype, "tflite", axis, out_lo, out_hi
+        ),
         ruy_channels=ruy_channels,
         attrs=attrs,
         act=act,
@@ -583,10 +591,13 @@ def test_against_litert_builtin():
         meta, acc, rq = cases[i].meta, outs[i], outs[i + 1]
         np.testing.assert_array_equal(acc, meta["reference"], err_msg=str(meta["attrs"]))
         (want,) = run_litert(meta["model"], list(cases[i].inputs))
-        split, ruy = meta["ruy_channels"], meta["ruy"](acc)
-        got = np.concatenate([ruy[..., :split], rq[..., split:]], axis=-1)
-        np.testing.assert_array_equal(got, want, err_msg=f"{meta['kind']} {meta['attrs']}")
-        differ = ruy != rq
+        np.testing.assert_array_equal(rq, want, err_msg=f"{meta['kind']} {meta['attrs']}")
+        split, ruy, tfl = meta["ruy_channels"], meta["ruy"](acc), meta["tflite"](acc)
+        # The independent numpy model of LiteRT agrees too.
+        np.testing.assert_array_equal(
+            np.concatenate([ruy[..., :split], tfl[..., split:]], -1), want
+        )
+        differ = ruy != tfl
         for key, n in (("ruy", differ[..., :split].sum()), ("tflite", differ[..., split:].sum())):
             telling[key] += int(n)
             if meta["kind"] == "dw_int8":
