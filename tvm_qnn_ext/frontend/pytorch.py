@@ -468,6 +468,7 @@ class _Converter:
             self.x(a), self.x(b), lhs_scale=sa, lhs_zero_point=za, rhs_scale=sb, rhs_zero_point=zb,
             output_scale=float(_scalar(self.x(_arg(node, 2, "scale")))),
             output_zero_point=int(_scalar(self.x(_arg(node, 3, "zero_point")))), relu=relu,
+            vector_width=_aten_vector_width(),
         )  # fmt: skip
 
     def _q_mul(self, node, relu):
@@ -679,6 +680,12 @@ class _Converter:
 
     def _p_linear(self, node):
         return self._p_integer(node, "linear")
+
+
+def _aten_vector_width() -> int:
+    """Elements per ``Vectorized<quint8>`` in the ATen build running here (0: unknown)."""
+    cap = torch.backends.cpu.get_cpu_capability()
+    return {"AVX512": 64, "AVX2": 32}.get(cap, 0)
 
 
 def _target_name(node: torch.fx.Node) -> str:

@@ -1,9 +1,10 @@
 """PyTorch-specific float epilogues that the generic ops cannot express exactly.
 
 Each op reproduces one ATen/fbgemm kernel of :mod:`tvm_qnn_ext.quantization.pytorch` bit for
-bit (its docstring has the formula).  Fused multiply-adds are evaluated in float64 and rounded
-once to float32: the float32 product is exact in float64, and float64 arithmetic also keeps LLVM
-from contracting a separate multiply and add into an FMA that PyTorch does not do.
+bit (its docstring has the formula).  Fused multiply-adds are evaluated in float64 (the float32
+product is exact there) and rounded once to float32.  TVM narrows ``float32(float64 expr)`` back
+to float32 arithmetic and LLVM contracts a multiply followed by an add into an FMA on targets
+that have one, so every value PyTorch rounds on its own passes ``llvm.arithmetic.fence``.
 
 * ``qnn.fbgemm_requantize(acc[, bias])``: conv/linear output stage with a float bias.
 * ``qnn.torch_add(lhs, rhs)``: ``quantized::add`` / ``add_relu`` (vectorized path).
@@ -32,6 +33,17 @@ def _f32(v) -> float:
 
 def _fconst(v, dtype=F32):
     return tirx.const(float(v), dtype)
+
+
+def _fence(x):
+    """``llvm.arithmetic.fence``: an opaque value, so neither TVM's cast narrowing nor LLVM's
+    FMA contraction can merge the rounding of ``x`` into what follows."""
+    return tirx.call_llvm_pure_intrin(str(x.ty), "llvm.arithmetic.fence", x)
+
+
+def _round_once(expr64):
+    """A float64 expression (exact here) rounded once to float32."""
+    return _fence(expr64).astype(F32)
 
 
 def _rint_i64(y):
@@ -137,7 +149,7 @@ class FbgemmRequantize:
                     if per_channel:
                         t = t + b / atw(ch)
                     else:  # fused multiply-add in fbgemm's compiled kernel
-                        t = (b.astype(F64) * _fconst(rcp, F64) + t.astype(F64)).astype(F32)
+                        t = _round_once(b.astype(F64) * _fconst(rcp, F64) + t.astype(F64))
                 y = _rint_i64(t * m(ch)) + tirx.const(zp, "int64")
                 return _clamp(y, lo, hi, out_dtype)
 
@@ -163,8 +175,14 @@ def torch_add(
     output_scale: float,
     output_zero_point: int,
     relu: bool = False,
+    vector_width: int = 0,
 ) -> relax.Call:
-    """``quantized::add`` / ``add_relu``, as :func:`tvm_qnn_ext.quantization.pytorch.add`."""
+    """``quantized::add`` / ``add_relu``, as :func:`tvm_qnn_ext.quantization.pytorch.add`.
+
+    ``vector_width`` > 0 applies ATen's scalar formula to the last ``numel % vector_width``
+    elements, as PyTorch does when the whole tensor is one chunk (one thread, or at most 32768
+    elements); 0 uses the vectorized formula everywhere.
+    """
     for s in (lhs_scale, rhs_scale, output_scale):
         check_scale(s, "qnn.torch_add")
     return make_call(
@@ -178,6 +196,7 @@ def torch_add(
             output_scale=_f32(output_scale),
             output_zero_point=int(output_zero_point),
             relu=bool(relu),
+            vector_width=int(vector_width),
         ),
     )
 
@@ -207,15 +226,38 @@ class TorchAdd:
         def deq(v, s_key, z_key):
             s = np.float32(attr(call, s_key))
             pre = np.float32(s * np.float32(-int(attr(call, z_key))))
-            return (_fconst(s, F64) * v.astype(F64) + _fconst(pre, F64)).astype(F32)
+            return _round_once(_fconst(s, F64) * v.astype(F64) + _fconst(pre, F64))
+
+        shape = [int(d) for d in call.args[0].ty.shape.values]
+        width = int(attr(call, "vector_width", 0))
+        numel = int(np.prod(shape))
+        head = numel if width <= 0 else numel // width * width
+
+        def finish(c):
+            return tirx.max(c, _fconst(0.0)) if relu else c
+
+        def tail_deq(v, s_key, z_key):
+            s = np.float32(attr(call, s_key))
+            return _round_once((v.astype("int32") - int(attr(call, z_key))).astype(F64) * s)
 
         def compute(a, b):
             def elem(*idx):
-                c = deq(a(*idx), "lhs_scale", "lhs_zero_point")
-                c = c + deq(b(*idx), "rhs_scale", "rhs_zero_point")
-                if relu:
-                    c = tirx.max(c, _fconst(0.0))
+                c = finish(
+                    deq(a(*idx), "lhs_scale", "lhs_zero_point")
+                    + deq(b(*idx), "rhs_scale", "rhs_zero_point")
+                )
                 y = _rint_i64(c * _fconst(inv)) + tirx.const(zo, "int64")
+                if head < numel:
+                    flat = tirx.const(0, "int64")
+                    for i, d in zip(idx, shape, strict=True):
+                        flat = flat * d + i.astype("int64")
+                    ct = finish(
+                        tail_deq(a(*idx), "lhs_scale", "lhs_zero_point")
+                        + tail_deq(b(*idx), "rhs_scale", "rhs_zero_point")
+                    )
+                    # scalar path: zero point added before rounding, no FMA
+                    yt = _rint_i64(_fence(ct * _fconst(inv)) + _fconst(zo))
+                    y = tirx.Select(flat >= head, yt, y)
                 return _clamp(y, lo, hi, dtype)
 
             return te.compute(a.shape, elem, name="torch_add")
@@ -275,7 +317,7 @@ class TorchBatchNorm:
         def compute(x, alpha, beta):
             def elem(n, c, h, w):
                 v = (x(n, c, h, w).astype("int32") - zi).astype(F64)
-                y = (alpha(c).astype(F64) * v + beta(c).astype(F64)).astype(F32)
+                y = _round_once(alpha(c).astype(F64) * v + beta(c).astype(F64))
                 return _clamp(_rint_i64(y) + tirx.const(zo, "int64"), lo, hi, dtype)
 
             return te.compute(x.shape, elem, name="torch_batch_norm")

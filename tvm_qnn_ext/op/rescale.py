@@ -37,6 +37,10 @@ def _bounds(call, dtype: str) -> tuple[int, int]:
     )
 
 
+def _fence(x):
+    return tirx.call_llvm_pure_intrin(str(x.ty), "llvm.arithmetic.fence", x)
+
+
 def _channel_index(idx, axis):
     return 0 if axis is None else idx[axis]
 
@@ -196,15 +200,17 @@ class Quantize:
                 c = _channel_index(idx, axis)
                 v = x(*idx)
                 if rounding == "float":
-                    # PyTorch: zp added before rounding; float64 keeps LLVM from contracting.
+                    # PyTorch: zp added before rounding, in one FMA per tensor, after a
+                    # rounded product per channel.  The fences keep TVM's cast narrowing and
+                    # LLVM's FMA contraction from merging roundings.
                     inv = (tirx.const(1.0, "float32") / at(s, c)).astype("float64")
                     prod = v.astype("float64") * inv
-                    if isinstance(s, te.Tensor):  # per channel: two roundings
-                        prod = prod.astype("float32").astype("float64")
+                    if isinstance(s, te.Tensor):
+                        prod = _fence(prod.astype("float32")).astype("float64")
                     zpf = (
                         tirx.Cast("float64", at(zp, c)) if isinstance(zp, te.Tensor) else float(zp)
                     )
-                    r = te.round((prod + zpf).astype("float32"))
+                    r = te.round(_fence(prod + zpf).astype("float32"))
                     r = tirx.Select(r != r, tirx.const(2.0**40, "float32"), r)  # NaN -> qmax
                     r = tirx.max(
                         tirx.min(r, tirx.const(2.0**40, "float32")),
