@@ -256,10 +256,10 @@ def _randomize_bn(model: torch.nn.Module, seed: int):
             m.running_var = torch.rand(m.num_features, generator=g) + 0.5
 
 
-def _eager(model: torch.nn.Module, calib: torch.Tensor) -> torch.nn.Module:
+def _eager(model: torch.nn.Module, calib: torch.Tensor, qconfig=None) -> torch.nn.Module:
     model.eval()
     tq.fuse_modules(model, model.fuse, inplace=True)
-    model.qconfig = tq.get_default_qconfig("fbgemm")
+    model.qconfig = qconfig or tq.get_default_qconfig("fbgemm")
     tq.prepare(model, inplace=True)
     with torch.no_grad():
         model(calib)
@@ -327,6 +327,14 @@ def test_quantized_model_bit_exact(name, mode):
     got = _check_bit_exact(qmodel, x)
     # The outputs must not be degenerate (all saturated), or equality would prove little.
     assert len(np.unique(got[0])) > 20
+
+
+def test_per_tensor_weights_bit_exact():
+    """Per-tensor weights take fbgemm's other bias path: fma(bias, 1 / (s_in * s_w), acc)."""
+    model, shape = _float_model("resnet", seed=4)
+    qmodel = _eager(model, _inputs((32,) + shape, seed=5), tq.default_qconfig)
+    assert qmodel.fc.weight().qscheme() == torch.per_tensor_affine
+    _check_bit_exact(qmodel, _inputs((N_SAMPLES,) + shape, seed=6))
 
 
 def test_float_model_is_refused():
