@@ -376,3 +376,18 @@ def test_global_avg_pool(engine):
         got = ref.global_avg_pool(q)
         want = _ir(torch.nn.functional.adaptive_avg_pool2d(_qt(q, 0.05, zp), 1))
         np.testing.assert_array_equal(got, want)
+
+
+def test_quantize_decomposed():
+    """PT2E's quantized_decomposed.quantize_per_tensor rounds before adding the zero point."""
+    import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers the ops)
+
+    op = torch.ops.quantized_decomposed.quantize_per_tensor
+    rng = np.random.default_rng(60)
+    for t in range(100):
+        s, zp = _scale(rng), int(rng.integers(0, 256))
+        x = (rng.standard_normal(500) * s * 100).astype(F32)
+        if t % 2:
+            x = (np.round(x / s * 2) / 2 * s).astype(F32)
+        want = op(torch.from_numpy(x), s, zp, 0, 255, torch.uint8).numpy()
+        np.testing.assert_array_equal(ref.quantize_decomposed(x, s, zp, 0, 255, "uint8"), want)
