@@ -3,7 +3,8 @@
 Each family lives in its own module; importing this package registers all of them.
 """
 
-from . import conv, rescale  # noqa: F401  (registers ops)
+from . import activation, conv, rescale  # noqa: F401  (registers ops)
+from .activation import hard_swish, leaky_relu, logistic, lookup_table, relu, softmax, tanh
 from .concat import concatenate
 from .conv import conv2d
 from .dense import dense  # the function shadows the submodule name
@@ -23,6 +24,13 @@ __all__ = [
     "OPS",
     "QnnTypeError",
     "conv2d",
+    "hard_swish",
+    "leaky_relu",
+    "logistic",
+    "lookup_table",
+    "relu",
+    "softmax",
+    "tanh",
     "dense",
     "dequantize",
     "make_call",

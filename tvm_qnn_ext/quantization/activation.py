@@ -257,8 +257,10 @@ def softmax(
 ) -> np.ndarray:
     """TFLite SOFTMAX (int8/uint8, last axis), as optimized_ops::Softmax on x86.
 
-    The input zero point cancels out; the uint8 output ignores ``out_zp`` (it adds 0.5f and
-    truncates), matching the kernel compiled for non-aarch64 targets.
+    The input zero point cancels out.  uint8 outputs round as ``(int)(p + 0.5f)`` (the kernel
+    built for non-aarch64 targets), int8 ones with ``std::round``.  LiteRT only accepts output
+    scale 1/256 with zero point -128 (int8) or 0 (uint8); other values follow the same formula
+    (for uint8 the x86 kernel would drop the zero point, here it is added).
     """
     x = np.asarray(x)
     dtype = str(x.dtype) if dtype is None else str(dtype)
@@ -275,7 +277,7 @@ def softmax(
     prob = e * inv[..., None]
     prob = np.minimum(prob, F32(2.0**30))  # saturates below anyway; keeps the casts defined
     if dtype == "uint8":
-        q = np.floor(prob + F32(0.5)).astype(np.int64)
+        q = np.floor(prob + F32(0.5)).astype(np.int64) + int(out_zp)
     else:
         q = round_half_away(prob).astype(np.int64) + int(out_zp)
     lo, hi = dtype_range(dtype)
