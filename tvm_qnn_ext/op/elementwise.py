@@ -39,7 +39,7 @@ def _ints(v) -> list[int]:
 
 def _make(
     name, lhs, rhs, lhs_scale, lhs_zero_point, rhs_scale, rhs_zero_point, output_scale,
-    output_zero_point, out_dtype, rounding, out_min, out_max,
+    output_zero_point, out_dtype, rounding, out_min, out_max, simd_lanes=None,
 ) -> relax.Call:  # fmt: skip
     check_rounding(rounding)
     return make_call(
@@ -56,6 +56,7 @@ def _make(
             rounding=rounding,
             out_min=None if out_min is None else int(out_min),
             out_max=None if out_max is None else int(out_max),
+            simd_lanes=int(simd_lanes) if simd_lanes else None,
         ),
     )
 
@@ -74,8 +75,12 @@ def add(
     rounding: str = "tflite",
     out_min: int | None = None,
     out_max: int | None = None,
+    simd_lanes: int | None = None,
 ) -> relax.Call:
-    """Quantized ``lhs + rhs`` (numpy broadcasting); ``out_min``/``out_max`` fuse a clamp."""
+    """Quantized ``lhs + rhs`` (numpy broadcasting); ``out_min``/``out_max`` fuse a clamp.
+
+    ``simd_lanes=16`` (rounding "tflite") reproduces LiteRT's int8 ADD, whose SIMD loop
+    rescales the inputs with a single rounding (see ``litert_simd_mask`` in the reference)."""
     return _make("qnn.add", **locals())
 
 
@@ -267,9 +272,15 @@ def _arith(kind: str, v: dict, where: str):
             raise QnnTypeError(f"{where}: {e}") from None
         ls = fp._i64(p.left_shift)
 
-        def tfl(a, b):
-            a1 = mbqm(a << ls, p.lhs_multiplier, p.lhs_shift, r)
-            b1 = mbqm(b << ls, p.rhs_multiplier, p.rhs_shift, r)
+        def rescale(x, m, s, simd):
+            y = mbqm(x << ls, m, s, r)
+            if simd is None:
+                return y
+            return tirx.Select(simd, mbqm(x << ls, m, s, "tflite_single"), y)
+
+        def tfl(a, b, simd=None):
+            a1 = rescale(a, p.lhs_multiplier, p.lhs_shift, simd)
+            b1 = rescale(b, p.rhs_multiplier, p.rhs_shift, simd)
             return mbqm(a1 + b1 if sign > 0 else a1 - b1, p.out_multiplier, p.out_shift, r)
 
         return tfl
@@ -298,6 +309,24 @@ def _round_f32(y: PrimExpr) -> PrimExpr:
     return tirx.max(tirx.min(r, big), -big).astype("int64")
 
 
+def _simd_predicate(call, idx):
+    """TE form of ``ref.litert_simd_mask`` for the output index ``idx``, or None."""
+    lanes = int(attr(call, "simd_lanes", 0) or 0)
+    if not lanes or attr(call, "rounding", "tflite") != "tflite":
+        return None
+    la = [int(d) for d in call.args[0].ty.shape.values]
+    lb = [int(d) for d in call.args[1].ty.shape.values]
+    k, t = ref.simd_block(la, lb)
+    limit = lanes * (t // lanes)
+    if k == 0 or limit == 0:
+        return tirx.const(False, "bool")
+    dims = [int(d) for d in np.broadcast_shapes(tuple(la), tuple(lb))][-k:]
+    pos = fp._i64(0)
+    for i, d in zip(list(idx)[-k:], dims, strict=True):
+        pos = pos * fp._i64(d) + fp._i64(i)
+    return pos < fp._i64(limit)
+
+
 def _legalize(kind: str):
     def legalize(bb, call):
         v = _values(call)
@@ -307,7 +336,8 @@ def _legalize(kind: str):
             def elem(*idx):
                 xa = a(*broadcast_index(idx, a.shape)).astype("int64") - fp._i64(v["z1"])
                 xb = b(*broadcast_index(idx, b.shape)).astype("int64") - fp._i64(v["z2"])
-                y = f(xa, xb) + fp._i64(v["zo"])
+                simd = _simd_predicate(call, idx)
+                y = (f(xa, xb) if simd is None else f(xa, xb, simd)) + fp._i64(v["zo"])
                 return fp.clamp_cast(y, v["lo"], v["hi"], v["out_dtype"])
 
             return te.compute(_out_te_shape(a, b), elem, name=kind)

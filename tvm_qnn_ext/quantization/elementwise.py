@@ -148,6 +148,7 @@ def _binary(
     rounding: str,
     out_min: int | None,
     out_max: int | None,
+    simd_lanes: int = 0,
 ) -> np.ndarray:
     where = f"qnn.{kind}"
     rounding = op_rounding(rounding)
@@ -166,7 +167,10 @@ def _binary(
     if kind == "multiply":
         y = _multiply(a * b, s1, s2, so, rounding)
     elif rounding in ("tflite", "tflite_single"):
-        y = _tflite_add_sub(kind, a, b, s1, s2, so, in_dtype, rounding)
+        simd = None
+        if simd_lanes and rounding == "tflite":
+            simd = litert_simd_mask(lhs.shape, rhs.shape, simd_lanes)
+        y = _tflite_add_sub(kind, a, b, s1, s2, so, in_dtype, rounding, simd)
     elif rounding in INTEGER_MODES:
         y = _relay_add_sub(kind, a, b, s1, s2, so, rounding)
     else:
@@ -174,11 +178,43 @@ def _binary(
     return saturate(y + zo, out_dtype, lo, hi)
 
 
-def _tflite_add_sub(kind, a, b, s1, s2, so, in_dtype, rounding) -> np.ndarray:
+def simd_block(lhs_shape, rhs_shape) -> tuple[int, int]:
+    """(k, T): LiteRT's elementwise kernel runs over the trailing ``k`` dims (``T`` elements)
+    that both operands share, once per leading index."""
+    a, b = list(lhs_shape), list(rhs_shape)
+    n = max(len(a), len(b))
+    a, b = [1] * (n - len(a)) + a, [1] * (n - len(b)) + b
+    k, t = 0, 1
+    for da, db in zip(reversed(a), reversed(b), strict=True):
+        if da != db:
+            break
+        k, t = k + 1, t * da
+    return k, t
+
+
+def litert_simd_mask(lhs_shape, rhs_shape, lanes: int) -> np.ndarray:
+    """True where LiteRT's int8 ADD SIMD loop (``lanes`` wide) handles the element: it rescales
+    the inputs with one rounding there, and with TFLite's two roundings in the scalar tail."""
+    out = np.broadcast_shapes(tuple(lhs_shape), tuple(rhs_shape))
+    k, t = simd_block(lhs_shape, rhs_shape)
+    pos = np.arange(int(np.prod(out, dtype=np.int64))) % t
+    return (pos < lanes * (t // lanes)).reshape(out)
+
+
+def _tflite_add_sub(kind, a, b, s1, s2, so, in_dtype, rounding, simd=None) -> np.ndarray:
     p = tflite_add_sub_params(s1, s2, so, in_dtype, rounding)
     mbqm = multiply_by_quantized_multiplier
-    a = mbqm(a << p.left_shift, p.lhs_multiplier, p.lhs_shift, rounding).astype(np.int64)
-    b = mbqm(b << p.left_shift, p.rhs_multiplier, p.rhs_shift, rounding).astype(np.int64)
+    out_shape = np.broadcast_shapes(a.shape, b.shape)
+    a, b = np.broadcast_to(a, out_shape), np.broadcast_to(b, out_shape)
+
+    def rescale(x, m, s):
+        y = mbqm(x << p.left_shift, m, s, rounding).astype(np.int64)
+        if simd is not None:
+            y = np.where(simd, mbqm(x << p.left_shift, m, s, "tflite_single"), y)
+        return y
+
+    a = rescale(a, p.lhs_multiplier, p.lhs_shift)
+    b = rescale(b, p.rhs_multiplier, p.rhs_shift)
     raw = a + b if kind == "add" else a - b
     return mbqm(raw, p.out_multiplier, p.out_shift, rounding).astype(np.int64)
 
@@ -229,8 +265,11 @@ def add(
     rounding: str = "tflite",
     out_min: int | None = None,
     out_max: int | None = None,
+    simd_lanes: int = 0,
 ) -> np.ndarray:
-    """Quantized ``lhs + rhs`` with numpy broadcasting; see the module doc for the modes."""
+    """Quantized ``lhs + rhs`` with numpy broadcasting; see the module doc for the modes.
+
+    ``simd_lanes=16`` reproduces LiteRT's int8 ADD (see :func:`litert_simd_mask`)."""
     return _binary("add", **locals())
 
 

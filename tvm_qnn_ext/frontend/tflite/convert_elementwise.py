@@ -28,6 +28,8 @@ def convert_binary(ctx: Context, op: Operator):
     out = ctx.tensor(op.outputs[0])
     lo, hi = activation_range(op.options.get("fused_activation_function", 0), qo, out.dtype)
     make = getattr(qnn, _OPS[op.name])
+    # LiteRT's int8 ADD rescales inputs with one rounding inside its 16-lane SIMD loop.
+    extra = {"simd_lanes": 16} if op.name == "ADD" and out.dtype == "int8" else {}
     call = make(
         ctx.expr(op.inputs[0]),
         ctx.expr(op.inputs[1]),
@@ -41,5 +43,6 @@ def convert_binary(ctx: Context, op: Operator):
         rounding="tflite",
         out_min=lo,
         out_max=hi,
+        **extra,
     )
     return [ctx.emit(call)]
