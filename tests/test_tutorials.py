@@ -47,3 +47,6 @@ def test_tutorial_runs(path: Path):
     )
     tail = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert proc.returncode == 0, f"{path.name} failed:\n{tail}"
+    # A tutorial that cannot run here (empty model cache, no torch) says so and exits 0.
+    if proc.stdout.startswith("SKIP:"):
+        pytest.skip(f"{path.name}: {proc.stdout.splitlines()[0][5:].strip()}")
