@@ -3,7 +3,7 @@
 Each family lives in its own module; importing this package registers all of them.
 """
 
-from . import activation, conv, rescale  # noqa: F401  (registers ops)
+from . import activation, conv, pytorch_epilogue, rescale  # noqa: F401  (registers ops)
 from .activation import hard_swish, leaky_relu, logistic, lookup_table, relu, softmax, tanh
 from .concat import concatenate
 from .conv import conv2d
