@@ -164,6 +164,8 @@ def convert_split(ctx: Context, op: Operator):
     rank = len(ctx.tensor(op.inputs[1]).shape)
     axis = int(ctx.const(op.inputs[0]).reshape(-1)[0]) % rank
     n = len(op.outputs)
+    if n == 1:  # relax's split into one section returns the tensor itself, not a tuple
+        return [ctx.expr(op.inputs[1])]
     parts = ctx.emit(relax.op.split(ctx.expr(op.inputs[1]), n, axis=axis))
     return [ctx.emit(relax.TupleGetItem(parts, k)) for k in range(n)]
 
