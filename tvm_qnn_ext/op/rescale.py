@@ -41,6 +41,11 @@ def _fence(x):
     return tirx.call_llvm_pure_intrin(str(x.ty), "llvm.arithmetic.fence", x)
 
 
+def _cast(v, dtype: str):
+    """Cast a TIR value, or a per-tensor parameter that ``at`` returned as a Python number."""
+    return tirx.const(v, dtype) if isinstance(v, (int, float)) else v.astype(dtype)
+
+
 def _channel_index(idx, axis):
     return 0 if axis is None else idx[axis]
 
@@ -97,10 +102,29 @@ def quantize(x, scale, zero_point, out_dtype="int8", axis=None, rounding="tflite
     )
 
 
-def dequantize(x, scale, zero_point, axis=None) -> relax.Call:
+def dequantize(x, scale, zero_point, axis=None, rounding="tflite") -> relax.Call:
+    """``rounding="tflite_neon"``: LiteRT's optimized kernel (see affine.dequantize)."""
+    check_rounding(rounding)
     return make_call(
-        "qnn.dequantize", [x], dict(scale=_floats(scale), zero_point=_ints(zero_point), axis=axis)
+        "qnn.dequantize",
+        [x],
+        dict(scale=_floats(scale), zero_point=_ints(zero_point), axis=axis, rounding=rounding),
     )
+
+
+def _flat_index(idx, shape):
+    flat = idx[0].astype("int64")
+    for i, d in zip(idx[1:], shape[1:], strict=True):
+        flat = flat * tirx.const(int(d), "int64") + i.astype("int64")
+    return flat
+
+
+def _in_neon_blocks(idx, shape):
+    """True for elements in LiteRT's 8-wide SIMD blocks (flat order); the rest is the tail."""
+    size = int(np.prod([int(d) for d in shape]))
+    if not idx:
+        return tirx.const(size >= 8, "bool")
+    return _flat_index(idx, shape) < tirx.const((size // 8) * 8, "int64")
 
 
 def _floats(v) -> list[float]:
@@ -217,6 +241,13 @@ class Quantize:
                         tirx.const(-(2.0**40), "float32"),
                     )
                     return fp.clamp_cast(r.astype("int64"), lo, hi, out_dtype)
+                elif rounding == "tflite_neon":
+                    # LiteRT: SIMD blocks multiply by fl32(1/s) and round ties-even; the tail
+                    # divides in double and rounds ties away.
+                    vec = te.round(_fence(v * (tirx.const(1.0, "float32") / at(s, c))))
+                    q = v.astype("float64") / _cast(at(s, c), "float64")
+                    tail = tirx.Select(q >= 0, te.floor(q + 0.5), te.ceil(q - 0.5))
+                    r = tirx.Select(_in_neon_blocks(idx, x.shape), vec, tail.astype("float32"))
                 else:
                     q = v / at(s, c)
                     r = tirx.Select(q >= 0, te.floor(q + 0.5), te.ceil(q - 0.5))  # half away
@@ -252,11 +283,18 @@ class Dequantize:
         axis = _axis(call, ty)
         s = scales(call, "scale").astype(np.float32)
         zp = zero_points(call, "zero_point", ty.dtype)
+        neon = attr(call, "rounding", "tflite") == "tflite_neon"
 
         def compute(x, s, zp):
             def elem(*idx):
                 c = _channel_index(idx, axis)
-                return (x(*idx).astype("int32") - at(zp, c)).astype("float32") * at(s, c)
+                exact = (x(*idx).astype("int32") - at(zp, c)).astype("float32") * at(s, c)
+                if not neon:
+                    return exact
+                # LiteRT's vmlaq: fl32(-zp * s) + fl32(q * s); fences keep LLVM from fusing.
+                zs = _fence(_cast(-at(zp, c), "float32") * at(s, c))
+                mla = zs + _fence(x(*idx).astype("float32") * at(s, c))
+                return tirx.Select(_in_neon_blocks(idx, x.shape), mla, exact)
 
             return te.compute(x.shape, elem, name="dequantize")
 

@@ -55,21 +55,48 @@ def quantize(
         q = np.rint((prod + zp).astype(np.float32))
         q = np.clip(np.where(np.isnan(q), np.inf, q), -(2.0**40), 2.0**40).astype(np.int64)
         return saturate(q, dtype)
-    q = round_half_away(x / s)
+    if rounding == "tflite_neon":
+        q = _litert_quantize(x, s)
+    else:
+        q = round_half_away(x / s)
     # Values far outside int range (inf, huge) must saturate, not wrap.
     q = np.clip(q, -(2.0**40), 2.0**40).astype(np.int64) + zp
     return saturate(q, dtype)
 
 
-def dequantize(q: np.ndarray, scale, zero_point, axis: int | None = None) -> np.ndarray:
-    """integer -> float32: float32(q - zp) * s."""
+def _litert_quantize(x: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """LiteRT's optimized AffineQuantize: blocks of 8 (flat order) multiply by fl32(1/s) and
+    round ties-to-even (vcvtnq); the tail divides in double and rounds ties away."""
+    s = np.broadcast_to(s, x.shape)
+    flat, sf = x.reshape(-1), s.reshape(-1)
+    n = (flat.size // 8) * 8
+    vec = np.rint((flat * (np.float32(1.0) / sf)).astype(np.float32))
+    tail = round_half_away(flat.astype(np.float64) / sf.astype(np.float64))
+    return np.concatenate([vec[:n], tail[n:]]).reshape(x.shape)
+
+
+def dequantize(
+    q: np.ndarray, scale, zero_point, axis: int | None = None, rounding: str = "tflite"
+) -> np.ndarray:
+    """integer -> float32: float32(q - zp) * s.
+
+    ``rounding="tflite_neon"`` is LiteRT's optimized per-tensor kernel: blocks of 8 (flat
+    order) compute ``fl32(-zp * s) + fl32(q * s)`` (vmlaq, two roundings), the tail is exact.
+    """
     q = np.asarray(q)
     s = broadcast_param(
         check_scale(scale, "dequantize"), q.ndim, axis, np.float32, shape=q.shape, what="scale"
     )
     zp = _input_zero_point(zero_point, q.dtype, "dequantize")
     zp = broadcast_param(zp, q.ndim, axis, np.int64, shape=q.shape, what="zero point")
-    return (q.astype(np.int64) - zp).astype(np.float32) * s
+    exact = (q.astype(np.int64) - zp).astype(np.float32) * s
+    if check_rounding(rounding) != "tflite_neon":
+        return exact
+    s, zp = np.broadcast_to(s, q.shape), np.broadcast_to(zp, q.shape)
+    mla = (-zp * s).astype(np.float32) + (q.astype(np.float32) * s).astype(np.float32)
+    n = (q.size // 8) * 8
+    flat = np.concatenate([mla.reshape(-1)[:n], exact.reshape(-1)[n:]])
+    return flat.astype(np.float32).reshape(q.shape)
 
 
 def requantize(

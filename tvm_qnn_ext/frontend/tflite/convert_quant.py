@@ -26,7 +26,9 @@ def convert_quantize(ctx: Context, op: Operator):
     x = ctx.expr(op.inputs[0])
     qo = dst.quant
     if src.dtype == "float32":
-        call = qnn.quantize(x, qo.scale[0], int(qo.zero_point[0]), dst.dtype)
+        call = qnn.quantize(
+            x, qo.scale[0], int(qo.zero_point[0]), dst.dtype, rounding="tflite_neon"
+        )
     else:
         qi = src.quant
         call = qnn.requantize(
@@ -56,4 +58,7 @@ def convert_dequantize(ctx: Context, op: Operator):
     axis = q.axis if q.per_axis else None
     scale = q.scale if q.per_axis else q.scale[0]
     zp = q.zero_point if q.per_axis else int(q.zero_point[0])
-    return [ctx.emit(qnn.dequantize(ctx.expr(op.inputs[0]), scale, zp, axis=axis))]
+    # LiteRT's optimized kernel rounds per-tensor dequantize in SIMD blocks (affine.dequantize).
+    rounding = "tflite" if q.per_axis else "tflite_neon"
+    call = qnn.dequantize(ctx.expr(op.inputs[0]), scale, zp, axis=axis, rounding=rounding)
+    return [ctx.emit(call)]
