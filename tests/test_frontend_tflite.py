@@ -26,20 +26,28 @@ def _steps(ours: np.ndarray, ref: np.ndarray, scale: float | None) -> int:
 
 
 def test_model_matches_litert(model_name, models):
-    data = models[model_name].read_bytes()
+    _check(models[model_name].read_bytes(), model_name, SAMPLES)
+
+
+@pytest.mark.slow
+def test_model_matches_litert_100_samples(model_name, models):
+    _check(models[model_name].read_bytes(), model_name, 100)
+
+
+def _check(data: bytes, model_name: str, samples: int) -> None:
     ins, outs = io_specs(data)
     compiled = compile_model(data)
     oracle = litert(data)
     rng = np.random.default_rng(0)
     worst = 0
-    for _ in range(SAMPLES):
+    for _ in range(samples):
         arrays = [random_input(s, rng) for s in ins]
         ours, ref = compiled(*arrays), oracle(arrays)
         assert len(ours) == len(ref)
         for o, r, spec in zip(ours, ref, outs, strict=True):
             assert o.shape == r.shape and o.dtype == r.dtype
             worst = max(worst, _steps(o, r, spec.scale))
-    assert worst == 0, f"{model_name}: max difference {worst} steps over {SAMPLES} samples"
+    assert worst == 0, f"{model_name}: max difference {worst} steps over {samples} samples"
 
 
 def test_imported_graph_is_integer_between_edges(model_name, models):
