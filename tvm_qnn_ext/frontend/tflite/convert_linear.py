@@ -27,6 +27,9 @@ def _litert_rounding(ctx: Context, op: Operator) -> dict:
 
 
 def _check_weighted(ctx: Context, op: Operator) -> str | None:
+    x, w = ctx.tensor(op.inputs[0]), ctx.tensor(op.inputs[1])
+    if x.dtype == "float32" and w.dtype in ("int8", "uint8"):
+        return f"float32 input with {w.dtype} weights (dynamic-range quantization is not supported)"
     reason = quantized_io(ctx, op) or check_fused(op)
     if reason:
         return reason

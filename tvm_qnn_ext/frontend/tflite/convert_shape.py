@@ -181,7 +181,11 @@ def _check_pad(ctx: Context, op: Operator) -> str | None:
 
 @converter("PAD", "PADV2", check=_check_pad)
 def convert_pad(ctx: Context, op: Operator):
-    pads = ctx.const(op.inputs[1]).reshape(-1, 2).astype(np.int64)
+    rank = len(ctx.tensor(op.inputs[0]).shape)
+    pads = ctx.const(op.inputs[1]).astype(np.int64)
+    if pads.size != 2 * rank:
+        raise ValueError(f"paddings of shape {pads.shape} for a rank-{rank} input")
+    pads = pads.reshape(rank, 2)
     if np.any(pads < 0):
         raise ValueError(f"negative paddings {pads.tolist()}")
     out = ctx.tensor(op.outputs[0])

@@ -119,10 +119,21 @@ def _unsupported(ctx: Context, ops: list[Operator]) -> Counter:
         if conv is None:
             problems[f"{op.name}"] += 1
             continue
-        reason = conv.check(ctx, op) if conv.check else None
+        try:
+            reason = conv.check(ctx, op) if conv.check else None
+        except (IndexError, KeyError, ValueError, TypeError) as e:  # e.g. missing inputs
+            reason = f"malformed operator ({type(e).__name__}: {e})"
         if reason:
             problems[f"{op.name}: {reason}"] += 1
     return problems
+
+
+def _has_quantized_activations(graph: Graph, ops: list[Operator]) -> bool:
+    tensors = {i for op in ops for i in op.inputs + op.outputs if i >= 0}
+    return any(
+        graph.tensors[i].dtype in ("int8", "uint8", "int16") and graph.tensors[i].data is None
+        for i in tensors
+    )
 
 
 def _check_variables(graph: Graph) -> None:
@@ -153,7 +164,9 @@ def from_tflite(source: str | Path | bytes, outputs: list[int | str] | None = No
     problems = _unsupported(ctx, ops)
     if problems:
         listing = "; ".join(f"{name} x{n}" for name, n in sorted(problems.items()))
-        raise TFLiteImportError(f"unsupported operators: {listing}")
+        kind = "" if _has_quantized_activations(graph, ops) else "float model (only pre-quantized "
+        kind += "int8/uint8 models are supported); " if kind else ""
+        raise TFLiteImportError(f"{kind}unsupported operators: {listing}")
     _check_variables(graph)
 
     params = []
@@ -180,8 +193,10 @@ def _convert(ctx: Context, op: Operator) -> None:
         results = CONVERTERS[op.name].convert(ctx, op)
     except TFLiteImportError:
         raise
-    except (ValueError, TypeError, IndexError, KeyError) as e:
-        raise TFLiteImportError(f"operator {op.index} ({op.name}): {e}") from e
+    except (ValueError, TypeError, IndexError, KeyError, tvm.error.InternalError) as e:
+        # InternalError: Relax type inference rejecting what a corrupt operator describes.
+        detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise TFLiteImportError(f"operator {op.index} ({op.name}): {detail}") from e
     if results is None:
         return
     if len(results) != len(op.outputs):
