@@ -329,41 +329,45 @@ def test_concatenate_reference_matches_litert(dtype):
         np.testing.assert_array_equal(want, run_litert(model, xs)[0], err_msg=f"{shapes} {qs}")
 
 
+@pytest.mark.parametrize("dtype,zps", [("int8", (-3, 2, 1)), ("uint8", (125, 130, 128))])
 @pytest.mark.parametrize(
     "shapes",
-    [((1, 40), (1, 40)), ((1, 23), (1, 23)), ((1, 3, 40), (1, 1, 40)), ((2, 3, 23), (3, 23))],
+    [((1, 40), (1, 40)), ((1, 23), (1, 23)), ((1, 3, 12), (1, 1, 12)), ((2, 3, 23), (3, 23))],
 )
-def test_int8_add_simd_lanes_match_litert(shapes):
-    """Tie-heavy scales (0.05 + 0.07 -> 0.1): LiteRT's 16-lane loop rounds the input rescale
-    once, its scalar tail twice; plain 'tflite' misses some ties, simd_lanes=16 matches all."""
+def test_add_simd_lanes_match_litert(shapes, dtype, zps):
+    """Tie-heavy scales (0.05 + 0.07 -> 0.1): LiteRT's ADD SIMD loop rescales its inputs
+    differently from its scalar tail; plain 'tflite' misses some ties, simd_lanes matches all."""
     from tvm_qnn_ext import compile_model
     from tvm_qnn_ext.testing.litert import LiteRTRunner
     from tvm_qnn_ext.testing.tflite_builder import single_op_model
 
     q = dict(
         lhs_scale=0.05,
-        lhs_zero_point=-3,
+        lhs_zero_point=zps[0],
         rhs_scale=0.07,
-        rhs_zero_point=2,
+        rhs_zero_point=zps[1],
         output_scale=0.1,
-        output_zero_point=1,
-        out_dtype="int8",
+        output_zero_point=zps[2],
+        out_dtype=dtype,
     )
     model = single_op_model(
         "ADD",
         [
-            dict(shape=s, dtype="int8", scale=[sc], zero_point=[z])
-            for s, sc, z in zip(shapes, (0.05, 0.07), (-3, 2), strict=True)
+            dict(shape=s, dtype=dtype, scale=[sc], zero_point=[z])
+            for s, sc, z in zip(shapes, (0.05, 0.07), zps[:2], strict=True)
         ],
-        [dict(shape=np.broadcast_shapes(*shapes), dtype="int8", scale=[0.1], zero_point=[1])],
+        [dict(shape=np.broadcast_shapes(*shapes), dtype=dtype, scale=[0.1], zero_point=[zps[2]])],
     )
     litert, compiled = LiteRTRunner(model), compile_model(model)
+    lo, hi = dtype_range(dtype)
+    lanes = ref.LITERT_ADD_LANES[dtype]
     rng = np.random.default_rng(7)
     plain_misses = 0
-    for _ in range(30):
-        a, b = (rng.integers(-128, 128, s).astype("int8") for s in shapes)
+    for _ in range(40):
+        a, b = (rng.integers(lo, hi + 1, s).astype(dtype) for s in shapes)
         want = litert([a, b])[0]
-        np.testing.assert_array_equal(ref.add(a, b, simd_lanes=16, **q), want)
+        np.testing.assert_array_equal(ref.add(a, b, simd_lanes=lanes, **q), want)
         np.testing.assert_array_equal(compiled(a, b)[0], want)
         plain_misses += int((ref.add(a, b, **q) != want).sum())
-    assert plain_misses > 0, "the case must tell the two roundings apart"
+    if ref.litert_simd_mask(*shapes, lanes).any():
+        assert plain_misses > 0, "the case must tell the two roundings apart"

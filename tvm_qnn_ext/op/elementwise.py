@@ -276,7 +276,12 @@ def _arith(kind: str, v: dict, where: str):
             y = mbqm(x << ls, m, s, r)
             if simd is None:
                 return y
-            return tirx.Select(simd, mbqm(x << ls, m, s, "tflite_single"), y)
+            if v["in_dtype"] == "int8":
+                fast = mbqm(x << ls, m, s, "tflite_single")
+            else:  # SRDHM (m >= 0), then NEON's truncating shift
+                fast = ((x << ls) * fp._i64(m) + fp._i64(1 << 30)) >> fp._i64(31)
+                fast = fast >> fp._i64(max(-s, 0))
+            return tirx.Select(simd, fast, y)
 
         def tfl(a, b, simd=None):
             a1 = rescale(a, p.lhs_multiplier, p.lhs_shift, simd)

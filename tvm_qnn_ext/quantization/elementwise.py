@@ -201,6 +201,18 @@ def litert_simd_mask(lhs_shape, rhs_shape, lanes: int) -> np.ndarray:
     return (pos < lanes * (t // lanes)).reshape(out)
 
 
+def simd_rescale(x: np.ndarray, m: int, s: int, in_dtype: str) -> np.ndarray:
+    """The input rescale inside LiteRT's ADD SIMD loop: int8 rounds once (AVX2 64-bit product);
+    uint8 takes SaturatingRoundingDoublingHighMul then a truncating shift (NEON vshl)."""
+    if in_dtype == "int8":
+        return multiply_by_quantized_multiplier(x, m, s, "tflite_single").astype(np.int64)
+    high = (x.astype(np.int64) * np.int64(m) + (1 << 30)) >> 31  # SRDHM for m >= 0
+    return high >> max(-int(s), 0) << max(int(s), 0)
+
+
+LITERT_ADD_LANES = {"int8": 16, "uint8": 8}
+
+
 def _tflite_add_sub(kind, a, b, s1, s2, so, in_dtype, rounding, simd=None) -> np.ndarray:
     p = tflite_add_sub_params(s1, s2, so, in_dtype, rounding)
     mbqm = multiply_by_quantized_multiplier
@@ -210,7 +222,7 @@ def _tflite_add_sub(kind, a, b, s1, s2, so, in_dtype, rounding, simd=None) -> np
     def rescale(x, m, s):
         y = mbqm(x << p.left_shift, m, s, rounding).astype(np.int64)
         if simd is not None:
-            y = np.where(simd, mbqm(x << p.left_shift, m, s, "tflite_single"), y)
+            y = np.where(simd, simd_rescale(x << p.left_shift, m, s, in_dtype), y)
         return y
 
     a = rescale(a, p.lhs_multiplier, p.lhs_shift)

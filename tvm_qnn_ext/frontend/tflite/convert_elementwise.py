@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ... import op as qnn
+from ...quantization.elementwise import LITERT_ADD_LANES
 from .common import activation_range, check_fused
 from .importer import Context, converter, quantized_io
 from .reader import Operator
@@ -28,8 +29,9 @@ def convert_binary(ctx: Context, op: Operator):
     out = ctx.tensor(op.outputs[0])
     lo, hi = activation_range(op.options.get("fused_activation_function", 0), qo, out.dtype)
     make = getattr(qnn, _OPS[op.name])
-    # LiteRT's int8 ADD rescales inputs with one rounding inside its 16-lane SIMD loop.
-    extra = {"simd_lanes": 16} if op.name == "ADD" and out.dtype == "int8" else {}
+    # LiteRT's ADD rescales its inputs differently inside its SIMD loop (see simd_rescale).
+    lanes = LITERT_ADD_LANES.get(out.dtype) if op.name == "ADD" else None
+    extra = {"simd_lanes": lanes} if lanes else {}
     call = make(
         ctx.expr(op.inputs[0]),
         ctx.expr(op.inputs[1]),
