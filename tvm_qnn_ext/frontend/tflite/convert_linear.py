@@ -57,8 +57,13 @@ def _requantize(ctx: Context, op: Operator, acc: relax.Expr, axis: int) -> relax
     qi, qw, qo = ctx.quant(op.inputs[0]), ctx.quant(op.inputs[1]), ctx.quant(op.outputs[0])
     out = ctx.tensor(op.outputs[0])
     lo, hi = activation_range(op.options.get("fused_activation_function", 0), qo, out.dtype)
-    # TFLite forms s_in * s_w[c] in double and divides by s_out in double.
-    acc_scale = qi.scale[0] * qw.scale
+    # TFLite forms s_in * s_w[c] in double and divides by s_out in double, except that uint8
+    # kernels take the legacy GetQuantizedConvolutionMultipler, whose product is float32
+    # (measured: an accumulator at a rounding tie moves by one step).
+    if ctx.tensor(op.inputs[0]).dtype == "uint8":
+        acc_scale = (np.float32(qi.scale[0]) * qw.scale.astype(np.float32)).astype(np.float64)
+    else:
+        acc_scale = qi.scale[0] * qw.scale
     return qnn.requantize(
         acc,
         acc_scale,
