@@ -62,11 +62,13 @@ def requantize(
     out_min: int | None = None,
     out_max: int | None = None,
     neon_channels: int | None = None,
+    neon_flat: int | None = None,
 ) -> relax.Call:
     """Rescale an integer tensor; per-axis when ``in_scale``/``out_scale`` are sequences.
 
     ``neon_channels=N`` (with ``rounding="tflite"`` and an axis) rounds channels ``[0, N)`` as
-    ``tflite_neon``: LiteRT's per-channel depthwise kernel does exactly that.
+    ``tflite_neon``: LiteRT's per-channel depthwise kernel does exactly that.  ``neon_flat=N``
+    does the same for flat (row-major) indices ``[0, N)``: LiteRT's QUANTIZE requantize.
     """
     check_rounding(rounding)
     return make_call(
@@ -83,6 +85,7 @@ def requantize(
             out_min=out_min,
             out_max=out_max,
             neon_channels=neon_channels or None,
+            neon_flat=neon_flat or None,
         ),
     )
 
@@ -171,9 +174,13 @@ class Requantize:
             ]
 
             neon = int(attr(call, "neon_channels", 0) or 0)
+            neon_flat = int(attr(call, "neon_flat", 0) or 0)
 
-            def rescale(c, v, m, s):
+            def rescale(c, v, m, s, idx):
                 ties_up = (c < neon) if neon and axis is not None else None
+                if neon_flat:
+                    flat = _flat_index(idx, ty.shape.values) if idx else tirx.const(0, "int64")
+                    ties_up = flat < tirx.const(neon_flat, "int64")
                 return fp.multiply_by_quantized_multiplier(v, at(m, c), at(s, c), rounding, ties_up)
         else:
             params = [
@@ -183,7 +190,7 @@ class Requantize:
                 per_axis(out_zp, "int32"),
             ]
 
-            def rescale(c, v, m, _s):
+            def rescale(c, v, m, _s, _idx):
                 prod = v.astype("float32") * at(m, c)
                 return fp.round_half_even_f32(prod).astype("int64")
 
@@ -191,7 +198,8 @@ class Requantize:
             def elem(*idx):
                 c = _channel_index(idx, axis)
                 v = x(*idx).astype("int64") - fp._i64(at(izp, c))
-                return fp.clamp_cast(rescale(c, v, m, s) + fp._i64(at(ozp, c)), lo, hi, out_dtype)
+                y = rescale(c, v, m, s, idx) + fp._i64(at(ozp, c))
+                return fp.clamp_cast(y, lo, hi, out_dtype)
 
             return te.compute(x.shape, elem, name="requantize")
 

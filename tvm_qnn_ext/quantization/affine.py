@@ -111,6 +111,7 @@ def requantize(
     out_min: int | None = None,
     out_max: int | None = None,
     neon_channels: int = 0,
+    neon_flat: int = 0,
 ) -> np.ndarray:
     """Rescale integers from (in_scale, in_zp) to (out_scale, out_zp) and saturate.
 
@@ -120,6 +121,8 @@ def requantize(
     ``out_min``/``out_max`` narrow the saturation range (fused activations).
     ``neon_channels=N`` rounds channels ``[0, N)`` along ``axis`` as ``tflite_neon`` (LiteRT's
     per-channel depthwise kernel does this for its SIMD blocks; the tail stays ``tflite``).
+    ``neon_flat=N`` does so for flat (row-major) indices ``[0, N)`` (LiteRT's QUANTIZE
+    requantize: blocks of 16, then a scalar tail).
     """
     check_rounding(rounding)
     x = np.asarray(x)
@@ -142,6 +145,10 @@ def requantize(
                 [-1 if d == axis % x.ndim else 1 for d in range(x.ndim)]
             )
             y = np.where(channel < neon_channels, ties_up, y)
+        if neon_flat:
+            ties_up = multiply_by_quantized_multiplier(centered, m, s, "tflite_neon")
+            flat = np.arange(x.size).reshape(x.shape)
+            y = np.where(flat < neon_flat, ties_up, y)
     else:
         y = np.rint(centered.astype(np.float32) * real.astype(np.float32))
         y = np.clip(y, -(2.0**40), 2.0**40).astype(np.int64)
