@@ -97,6 +97,8 @@ def _slices(ctx: Context, op: Operator, shape) -> tuple[list[slice], list[int]]:
             e = b + e
         if o.get("shrink_axis_mask", 0) >> d & 1:
             b = b + size if b < 0 else b
+            if o.get("begin_mask", 0) >> d & 1:  # LiteRT applies begin_mask here too (TF doesn't)
+                b = 0 if s > 0 else size - 1
             if not 0 <= b < size:
                 raise ValueError(f"STRIDED_SLICE index {b} out of range for axis of size {size}")
             slices.append(slice(b, b + 1, 1))
