@@ -193,7 +193,9 @@ def _convert(ctx: Context, op: Operator) -> None:
         results = CONVERTERS[op.name].convert(ctx, op)
     except TFLiteImportError:
         raise
-    except (ValueError, TypeError, IndexError, KeyError, tvm.error.InternalError) as e:
+    except (
+        ValueError, TypeError, IndexError, KeyError, ArithmeticError, tvm.error.InternalError
+    ) as e:  # fmt: skip
         # InternalError: Relax type inference rejecting what a corrupt operator describes.
         detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise TFLiteImportError(f"operator {op.index} ({op.name}): {detail}") from e
