@@ -206,7 +206,28 @@ def _convert(ctx: Context, op: Operator) -> None:
             f"operator {op.index} ({op.name}): produced {len(results)} of {len(op.outputs)} outputs"
         )
     for i, v in zip(op.outputs, results, strict=True):
+        _check_shape(ctx, op, i, v)
         ctx.values[i] = v
+
+
+def _check_shape(ctx: Context, op: Operator, i: int, v: Value) -> None:
+    """The computed shape must be the one the model declares: a corrupt attribute (say a
+    PAD of 2^28) otherwise surfaces only as a failed allocation at run time."""
+    declared = ctx.tensor(i).shape
+    if isinstance(v, np.ndarray):
+        shape = v.shape
+    else:
+        ty = v.ty
+        if not isinstance(ty, relax.TensorType) or ty.shape is None:
+            return
+        if not all(isinstance(d, tvm.tirx.IntImm) for d in ty.shape.values):
+            return
+        shape = tuple(int(d) for d in ty.shape.values)
+    if declared and int(np.prod(shape)) != int(np.prod(declared)):
+        raise TFLiteImportError(
+            f"operator {op.index} ({op.name}): computes shape {tuple(shape)} but the model "
+            f"declares {declared} for tensor {ctx.tensor(i).name!r}"
+        )
 
 
 def _tensor_index(graph: Graph, key: int | str) -> int:
