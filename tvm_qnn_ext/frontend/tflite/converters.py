@@ -6,5 +6,6 @@ from . import (  # noqa: F401
     convert_linear,
     convert_pool,
     convert_quant,
+    convert_resize,
     convert_shape,
 )

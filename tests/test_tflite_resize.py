@@ -1,0 +1,130 @@
+"""RESIZE_NEAREST_NEIGHBOR against LiteRT's builtin kernels, bit for bit.
+
+Random NHWC shapes (upscale, downscale, exact 2x, mixed), all four option combinations,
+int8 and uint8; each model is compiled with ``compile_model`` and run on random full-range
+inputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tvm_qnn_ext import compile_model
+from tvm_qnn_ext.frontend.tflite import from_tflite
+from tvm_qnn_ext.frontend.tflite.reader import TFLiteImportError
+from tvm_qnn_ext.quantization import dtype_range
+from tvm_qnn_ext.testing.litert import LiteRTRunner
+from tvm_qnn_ext.testing.tflite_builder import single_op_model
+
+OPTIONS = [(False, False), (True, False), (False, True), (True, True)]
+
+
+def _case(i: int):
+    rng = np.random.default_rng(1000 + i)
+    dtype = ("int8", "uint8")[i % 2]
+    align_corners, half_pixel = OPTIONS[(i // 2) % 4]
+    kind = (i // 8) % 5
+    n, c = int(rng.integers(1, 3)), int(rng.integers(1, 5))
+    h, w = (int(d) for d in rng.integers(1, 12, size=2))
+    if kind == 0:  # 2x upscale
+        oh, ow = 2 * h, 2 * w
+    elif kind == 1:  # upscale by a non-integer factor
+        oh, ow = h + int(rng.integers(1, 20)), w + int(rng.integers(1, 20))
+    elif kind == 2:  # downscale
+        h, w = h + 8, w + 8
+        oh, ow = int(rng.integers(1, h)), int(rng.integers(1, w))
+    elif kind == 3:  # mixed
+        h = h + 5
+        oh, ow = int(rng.integers(1, h)), w + int(rng.integers(1, 15))
+    else:  # anything, including size 1 and identity
+        oh, ow = (int(d) for d in rng.integers(1, 25, size=2))
+    return dict(
+        dtype=dtype,
+        in_shape=(n, h, w, c),
+        size=(oh, ow),
+        align_corners=align_corners,
+        half_pixel_centers=half_pixel,
+        scale=float(rng.uniform(0.005, 0.2)),
+        zero_point=int(rng.integers(*dtype_range(dtype))),
+        seed=i,
+    )
+
+
+CASES = [_case(i) for i in range(48)]
+
+
+def _model(op, case, out_scale=None, out_zp=None):
+    n, _, _, c = case["in_shape"]
+    oh, ow = case["size"]
+    q = dict(scale=case["scale"], zero_point=case["zero_point"])
+    qo = dict(
+        scale=case["scale"] if out_scale is None else out_scale,
+        zero_point=case["zero_point"] if out_zp is None else out_zp,
+    )
+    return single_op_model(
+        op,
+        [
+            dict(shape=case["in_shape"], dtype=case["dtype"], **q),
+            dict(shape=(2,), dtype="int32", data=np.array([oh, ow], np.int32)),
+        ],
+        [dict(shape=(n, oh, ow, c), dtype=case["dtype"], **qo)],
+        align_corners=case["align_corners"],
+        half_pixel_centers=case["half_pixel_centers"],
+    )
+
+
+def _compare(model: bytes, case, samples: int = 3):
+    compiled = compile_model(model)
+    oracle = LiteRTRunner(model)
+    rng = np.random.default_rng(case["seed"])
+    lo, hi = dtype_range(case["dtype"])
+    for _ in range(samples):
+        x = rng.integers(lo, hi + 1, size=case["in_shape"]).astype(case["dtype"])
+        (ours,) = compiled(x)
+        (ref,) = oracle([x])
+        assert ours.dtype == ref.dtype and ours.shape == ref.shape
+        np.testing.assert_array_equal(ours, ref, err_msg=str(case))
+
+
+def _id(case):
+    ac, hp = case["align_corners"], case["half_pixel_centers"]
+    return (
+        f"{case['dtype']}-{'x'.join(map(str, case['in_shape']))}"
+        f"-to{case['size'][0]}x{case['size'][1]}-ac{int(ac)}-hp{int(hp)}"
+    )
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def test_resize_nearest_neighbor_matches_litert(case):
+    _compare(_model("RESIZE_NEAREST_NEIGHBOR", case), case)
+
+
+def test_resize_nearest_neighbor_index_formula_matches_litert_exhaustively():
+    """The import-time index rule against LiteRT on one-channel ramps: every in/out size pair
+    up to 20 for every option combination (the ramp's value is its source index)."""
+    from tvm_qnn_ext.frontend.tflite.convert_resize import nearest_indices
+
+    for ac, hp in OPTIONS:
+        for in_size in range(1, 21):
+            ramp = np.arange(in_size, dtype=np.uint8).reshape(1, in_size, 1, 1)
+            for out_size in range(1, 21):
+                case = dict(
+                    dtype="uint8",
+                    in_shape=(1, in_size, 1, 1),
+                    size=(out_size, 1),
+                    align_corners=ac,
+                    half_pixel_centers=hp,
+                    scale=0.1,
+                    zero_point=0,
+                )
+                (ref,) = LiteRTRunner(_model("RESIZE_NEAREST_NEIGHBOR", case))([ramp])
+                ours = nearest_indices(in_size, out_size, ac, hp)
+                np.testing.assert_array_equal(ours, ref.reshape(-1), err_msg=str(case))
+
+
+def test_resize_requantizing_rejected():
+    case = dict(CASES[0])
+    model = _model("RESIZE_NEAREST_NEIGHBOR", case, out_scale=case["scale"] * 2)
+    with pytest.raises(TFLiteImportError, match="quantization differ"):
+        from_tflite(model)

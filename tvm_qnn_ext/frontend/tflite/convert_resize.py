@@ -1,0 +1,93 @@
+"""RESIZE_NEAREST_NEIGHBOR on NHWC int8/uint8 tensors.
+
+Shapes are static, so the source row/column of every output pixel is computed here in numpy,
+reproducing LiteRT's 8-bit kernel (``optimized_ops::ResizeNearestNeighbor``) exactly, and the
+resize becomes two gathers (``take`` along H, then W) with int32 index constants: no float
+reaches the graph.
+
+* No option set: the optimized kernel uses 16.16 fixed point,
+  ``scale = (in << 16) / out + 1`` and ``src = min((dst * scale) >> 16, in - 1)``.
+* ``align_corners`` or ``half_pixel_centers``: it falls back to the reference kernel's float32
+  ``GetNearestNeighbor`` (``reference/resize_nearest_neighbor.h``), reproduced with numpy
+  float32 scalars (same IEEE single-precision operations, ``round`` = half away from zero).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+
+from .importer import QUANT_DTYPES, Context, converter
+from .reader import Operator
+
+F32 = np.float32
+
+
+def _check_resize(ctx: Context, op: Operator) -> str | None:
+    x, out = ctx.tensor(op.inputs[0]), ctx.tensor(op.outputs[0])
+    if x.dtype not in QUANT_DTYPES:
+        return f"{x.dtype} input (only int8/uint8 quantized tensors are supported)"
+    if out.dtype != x.dtype:
+        return f"input dtype {x.dtype} differs from output dtype {out.dtype}"
+    if x.quant is None or out.quant is None:
+        return "missing quantization parameters"
+    if (
+        len(x.quant.scale) != 1
+        or len(out.quant.scale) != 1
+        or F32(x.quant.scale[0]) != F32(out.quant.scale[0])
+        or int(x.quant.zero_point[0]) != int(out.quant.zero_point[0])
+    ):
+        return "input and output quantization differ"
+    if len(x.shape) != 4:
+        return f"rank-{len(x.shape)} input (only 4-D NHWC is supported)"
+    if len(op.inputs) < 2 or op.inputs[1] < 0 or not ctx.is_const(op.inputs[1]):
+        return "size must be a constant tensor"
+    size = ctx.const(op.inputs[1]).reshape(-1)
+    if size.size != 2 or int(size.min()) < 1:
+        return f"size {size.tolist()} must be two positive integers"
+    return None
+
+
+def nearest_indices(
+    in_size: int, out_size: int, align_corners: bool, half_pixel_centers: bool
+) -> np.ndarray:
+    """Source index of each output index along one axis, as LiteRT's 8-bit kernel picks it."""
+    if not align_corners and not half_pixel_centers:
+        scale = (in_size << 16) // out_size + 1
+        idx = [min((d * scale) >> 16, in_size - 1) for d in range(out_size)]
+        return np.asarray(idx, np.int32)
+    if align_corners and out_size > 1:
+        scale = F32(in_size - 1) / F32(out_size - 1)
+    else:
+        scale = F32(in_size) / F32(out_size)
+    offset = F32(0.5) if half_pixel_centers else F32(0.0)
+    idx = []
+    for d in range(out_size):
+        v = (F32(d) + offset) * scale  # float32 throughout, as in the kernel
+        if align_corners:
+            s = int(np.floor(abs(float(v)) + 0.5)) * (1 if v >= 0 else -1)  # std::round
+        else:
+            s = int(np.floor(v))
+        s = min(s, in_size - 1)
+        if half_pixel_centers:
+            s = max(0, s)
+        idx.append(s)
+    return np.asarray(idx, np.int32)
+
+
+@converter("RESIZE_NEAREST_NEIGHBOR", check=_check_resize)
+def convert_resize_nearest(ctx: Context, op: Operator):
+    n, h, w, c = ctx.tensor(op.inputs[0]).shape
+    oh, ow = (int(d) for d in ctx.const(op.inputs[1]).reshape(-1))
+    ac = bool(op.options.get("align_corners", False))
+    hp = bool(op.options.get("half_pixel_centers", False))
+    hi = nearest_indices(h, oh, ac, hp)
+    wi = nearest_indices(w, ow, ac, hp)
+    v = ctx.value(op.inputs[0])
+    if isinstance(v, np.ndarray):
+        return [v[:, hi][:, :, wi]]
+    if not np.array_equal(hi, np.arange(h)):
+        v = ctx.emit(relax.op.take(v, relax.const(hi, "int32"), axis=1))
+    if not np.array_equal(wi, np.arange(w)):
+        v = ctx.emit(relax.op.take(v, relax.const(wi, "int32"), axis=2))
+    return [v]
