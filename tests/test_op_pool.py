@@ -12,25 +12,17 @@ from tvm_qnn_ext.op import QnnTypeError
 from tvm_qnn_ext.quantization import ROUNDING_MODES, dtype_range
 from tvm_qnn_ext.quantization import pool as ref
 from tvm_qnn_ext.testing.batch import Case, run_cases
+from tvm_qnn_ext.testing.random import random_data, random_scale, random_zero_point
 
 MODES = sorted(ROUNDING_MODES)
 DTYPES = ("int8", "uint8", "int16")
 
 
 def _scale(rng, lo=1e-3, hi=1.0) -> float:
-    return float(np.float32(np.exp(rng.uniform(np.log(lo), np.log(hi)))))
+    return random_scale(rng, lo, hi)
 
 
-def _zp(rng, dtype: str) -> int:
-    if dtype == "int16":
-        return 0
-    lo, hi = dtype_range(dtype)
-    return int(rng.integers(lo, hi + 1))
-
-
-def _data(rng, shape, dtype: str) -> np.ndarray:
-    lo, hi = dtype_range(dtype)
-    return rng.integers(lo, hi + 1, size=shape).astype(dtype)
+_zp, _data = random_zero_point, random_data
 
 
 def _same_padding(size: int, k: int, s: int) -> tuple[int, int]:
