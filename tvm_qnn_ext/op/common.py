@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax, te
 
-from ..quantization.params import QuantizationParamError, check_scale, check_zero_point
+from ..quantization.params import check_scale, check_zero_point
 from .registry import QnnTypeError
 
 
@@ -54,10 +54,7 @@ def static_shape(call: relax.Call, what: str, ty: relax.TensorType) -> tuple[int
 
 
 def scales(call: relax.Call, key: str) -> np.ndarray:
-    try:
-        return np.atleast_1d(check_scale(attr(call, key), f"{op_name(call)} {key}"))
-    except QuantizationParamError as e:
-        raise QuantizationParamError(str(e)) from None
+    return np.atleast_1d(check_scale(attr(call, key), f"{op_name(call)} {key}"))
 
 
 def zero_points(call: relax.Call, key: str, dtype: str) -> np.ndarray:
