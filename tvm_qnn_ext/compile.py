@@ -118,10 +118,17 @@ def _is_torch_model(source) -> bool:
     )
 
 
-def compile_model(source, target="native", **options) -> CompiledModel:
-    """Import (if needed) and compile a quantized model for ``target``."""
+def compile_model(
+    source, target="native", *, pipeline_options: dict | None = None, **options
+) -> CompiledModel:
+    """Import (if needed) and compile a quantized model for ``target`` with the ``"qnn"`` pipeline.
+
+    ``options`` go to the importer; ``pipeline_options`` to the pipeline's stages.
+    """
+    from .transform import pipeline  # noqa: F401  (registers the "qnn" pipeline)
+
     mod = load_source(source, **options)
     tgt = resolve_target(target)
-    mod = relax.transform.LegalizeOps()(mod)
-    executable = tvm.compile(mod, tgt)
+    qnn = relax.get_pipeline("qnn", target=tgt, **(pipeline_options or {}))
+    executable = tvm.compile(mod, tgt, relax_pipeline=qnn)
     return CompiledModel(executable, _specs(mod["main"]))

@@ -260,30 +260,51 @@ def _softmax_stmt(ins, outs, shape, axis, out_bits, out_zp, out_dtype):
     out, row_max, acc, regs = outs
     outer = int(np.prod(shape[:axis], dtype=np.int64))
     inner = int(np.prod(shape[axis + 1 :], dtype=np.int64))
-    o, r, j = (tirx.Var(n, "int64") for n in ("o", "r", "j"))
+    o, r = tirx.Var("o", "int64"), tirx.Var("r", "int64")
     p = o * sf.c(inner) + r
-    index = _unravel(o, shape[:axis]) + [j] + _unravel(r, shape[axis + 1 :])
-
-    xj = tirx.BufferLoad(x, index).astype("int32")
     mx = tirx.BufferLoad(row_max, [p])
-    ex = tirx.BufferLoad(table, [(tirx.const(255, "int32") - mx + xj).astype("int64")])
     lo, hi = dtype_range(out_dtype)
     rnd = _round_uint8 if out_dtype == "uint8" else _round_half_up
     n = sf.c(shape[axis])
+
+    def element(j):
+        index = _unravel(o, shape[:axis]) + [j] + _unravel(r, shape[axis + 1 :])
+        xj = tirx.BufferLoad(x, index).astype("int32")
+        ex = tirx.BufferLoad(table, [(tirx.const(255, "int32") - mx + xj).astype("int64")])
+        return index, xj, ex
+
     # Every intermediate goes through a scratch register (see sf.bind_statements): bound
     # expressions would make TIR's simplifier take minutes.
 
-    def with_loads(make_store, second=True):
+    def with_loads(ex, make_store):
         with sf.bind_statements(regs) as binds:
             a = sf.let(tirx.BufferLoad(acc, [p]), lambda v: v, "a")
-            b = sf.let(ex.astype("int64"), lambda v: v, "b") if second else None
+            b = sf.let(ex.astype("int64"), lambda v: v, "b") if ex is not None else None
             store = make_store(a, b)
         return tirx.SeqStmt([*binds, store])
 
-    def store_out(a, b):
-        q = sf.mul(b, a, rnd)
-        q = tirx.max(tirx.min(q + sf.c(out_zp), sf.c(hi)), sf.c(lo)).astype(out_dtype)
-        return tirx.BufferStore(out, q, index)
+    def row_loop(body):
+        # A fresh variable per loop: TIR is ill-formed when two loops bind the same one.
+        j = tirx.Var("j", "int64")
+        return tirx.For(j, sf.c(0), n, tirx.ForKind.SERIAL, body(j))
+
+    def max_step(j):
+        _, xj, _ = element(j)
+        return tirx.BufferStore(row_max, tirx.max(mx, xj), [p])
+
+    def sum_step(j):
+        _, _, ex = element(j)
+        return with_loads(ex, lambda a, b: tirx.BufferStore(acc, sf.add(a, b), [p]))
+
+    def out_step(j):
+        index, _, ex = element(j)
+
+        def store_out(a, b):
+            q = sf.mul(b, a, rnd)
+            q = tirx.max(tirx.min(q + sf.c(out_zp), sf.c(hi)), sf.c(lo)).astype(out_dtype)
+            return tirx.BufferStore(out, q, index)
+
+        return with_loads(ex, store_out)
 
     def loop(var, extent, body):
         return tirx.For(var, sf.c(0), extent, tirx.ForKind.SERIAL, body)
@@ -291,17 +312,17 @@ def _softmax_stmt(ins, outs, shape, axis, out_bits, out_zp, out_dtype):
     row = tirx.SeqStmt(
         [
             tirx.BufferStore(row_max, tirx.const(-(2**31), "int32"), [p]),
-            loop(j, n, tirx.BufferStore(row_max, tirx.max(mx, xj), [p])),
+            row_loop(max_step),
             tirx.BufferStore(acc, sf.c(0), [p]),
             # Sequential, in index order: the kernel's float32 sum.
-            loop(j, n, with_loads(lambda a, b: tirx.BufferStore(acc, sf.add(a, b), [p]))),
+            row_loop(sum_step),
             with_loads(
+                None,
                 lambda a, _: tirx.BufferStore(
                     acc, sf.mul(a, sf.c(out_bits), sf.reciprocal_bits), [p]
                 ),
-                second=False,
             ),
-            loop(j, n, with_loads(store_out)),
+            row_loop(out_step),
         ]
     )
     return loop(o, sf.c(outer), loop(r, sf.c(inner), row))

@@ -1,0 +1,52 @@
+"""Apply the target's kernel schedule rule to every PrimFunc that has an annotated anchor block."""
+
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir, tirx
+
+from ..target.schedule import RuleContext, anchor_blocks, rules
+from .pipeline import pipeline_stage
+from .report import report
+
+STAGE = "schedule"
+
+
+def schedule_kernels(mod: tvm.IRModule, ctx: RuleContext) -> tvm.IRModule:
+    available = rules()
+    for gv, func in list(mod.functions.items()):
+        if not isinstance(func, tirx.PrimFunc) or not _has_root_block(func):
+            continue
+        sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+        anchors = anchor_blocks(sch)
+        if not anchors:
+            continue
+        if len(anchors) > 1:
+            report(STAGE, f"{gv.name_hint}: {len(anchors)} anchors, left unscheduled")
+            continue
+        block, name = anchors[0]
+        rule = available.get(name)
+        if rule is None:
+            continue
+        summary = rule(sch, block, ctx)
+        report(STAGE, f"{gv.name_hint}: {name}: {summary}")
+        mod[gv] = sch.mod["main"]
+    return mod
+
+
+def _has_root_block(func: tirx.PrimFunc) -> bool:
+    """Hand-built PrimFuncs (e.g. softmax) have no blocks, hence nothing to schedule."""
+    body = func.body
+    return isinstance(body, s_tir.SBlockRealize) and body.block.name_hint == "root"
+
+
+@pipeline_stage(STAGE, order=60)
+def _schedule(target: tvm.target.Target, options: dict) -> tvm.transform.Pass:
+    """Tensorized int8 schedules for the target's dot-product instructions (target/)."""
+    ctx = RuleContext(target, options)
+
+    @tvm.transform.module_pass(opt_level=0, name="QnnScheduleKernels")
+    def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        return schedule_kernels(mod, ctx)
+
+    return _pass
