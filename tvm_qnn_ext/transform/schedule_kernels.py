@@ -5,6 +5,7 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
+from ..target import schedules  # noqa: F401  (registers the rules)
 from ..target.schedule import RuleContext, anchor_blocks, rules
 from .pipeline import pipeline_stage
 from .report import report
