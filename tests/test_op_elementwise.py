@@ -324,12 +324,24 @@ def test_concatenate_reference_matches_litert(dtype):
 @pytest.mark.parametrize("dtype,zps", [("int8", (-3, 2, 1)), ("uint8", (125, 130, 128))])
 @pytest.mark.parametrize(
     "shapes",
-    [((1, 40), (1, 40)), ((1, 23), (1, 23)), ((1, 3, 12), (1, 1, 12)), ((2, 3, 23), (3, 23))],
+    [
+        ((1, 40), (1, 40)),  # elementwise, SIMD body and tail
+        ((1, 23), (1, 23)),
+        ((1, 3, 12), (1, 1, 12)),  # elementwise rows of 12
+        ((2, 3, 23), (3, 23)),
+        ((1, 5, 7, 20), ()),  # scalar broadcast, rows of 140
+        ((1,), (3, 37)),
+        ((9, 1), (1, 37)),  # outer product: scalar broadcast rows of 37
+        ((1, 5, 7, 1), (1, 5, 7, 20)),
+        ((2, 1, 3, 1, 9), (1, 4, 1, 6, 1)),  # no fivefold loop: reference kernel
+    ],
 )
-def test_add_simd_lanes_match_litert(shapes, dtype, zps):
-    """Tie-heavy scales (0.05 + 0.07 -> 0.1): LiteRT's ADD SIMD loop rescales its inputs
-    differently from its scalar tail; plain 'tflite' misses some ties, simd_lanes matches all."""
-    from tvm_qnn_ext import compile_model
+def test_add_litert_simd_matches_litert(shapes, dtype, zps):
+    """Tie-heavy scales (0.05 + 0.07 -> 0.1): LiteRT's ADD SIMD loops rescale the inputs
+    differently from their scalar tails; plain 'tflite' misses some ties, litert_simd matches
+    all, in the reference and compiled."""
+    from tvm_qnn_ext.frontend import from_tflite
+    from tvm_qnn_ext.testing.fuzz_tflite import compile_batch, invoke_litert, run_vm
     from tvm_qnn_ext.testing.litert import LiteRTRunner
     from tvm_qnn_ext.testing.tflite_builder import single_op_model
 
@@ -350,16 +362,15 @@ def test_add_simd_lanes_match_litert(shapes, dtype, zps):
         ],
         [dict(shape=np.broadcast_shapes(*shapes), dtype=dtype, scale=[0.1], zero_point=[zps[2]])],
     )
-    litert, compiled = LiteRTRunner(model), compile_model(model)
+    litert, vm = LiteRTRunner(model), compile_batch({"main": from_tflite(model)})
     lo, hi = dtype_range(dtype)
-    lanes = ref.LITERT_ADD_LANES[dtype]
     rng = np.random.default_rng(7)
     plain_misses = 0
     for _ in range(40):
-        a, b = (rng.integers(lo, hi + 1, s).astype(dtype) for s in shapes)
-        want = litert([a, b])[0]
-        np.testing.assert_array_equal(ref.add(a, b, simd_lanes=lanes, **q), want)
-        np.testing.assert_array_equal(compiled(a, b)[0], want)
+        a, b = (np.array(rng.integers(lo, hi + 1, s), dtype=dtype) for s in shapes)
+        want = invoke_litert(litert, [a, b])[0]
+        np.testing.assert_array_equal(ref.add(a, b, litert_simd=True, **q), want)
+        np.testing.assert_array_equal(run_vm(vm, "main", [a, b])[0], want)
         plain_misses += int((ref.add(a, b, **q) != want).sum())
-    if ref.litert_simd_mask(*shapes, lanes).any():
+    if ref.litert_add_loop(*shapes, dtype).simd:
         assert plain_misses > 0, "the case must tell the two roundings apart"

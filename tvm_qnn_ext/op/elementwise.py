@@ -2,12 +2,13 @@
 
 The arithmetic of each rounding mode is documented in
 :mod:`tvm_qnn_ext.quantization.elementwise` (the numpy reference).  ``tflite`` is TFLite's
-reference/scalar kernel.  LiteRT's SIMD loops for ADD and MUL (NEON, or NEON_2_SSE on x86)
-differ from it in two ways: results whose rescaled value before the output zero point lies
-outside int16 wrap through int16 there (only for output scales ~100x too small for the data);
-and ADD rounds each input rescale once (``x << (20 + shift)`` then one rounding multiply) instead
-of twice, which in principle can move an output by 1 (no difference was seen over 5.9 million
-exhaustive int8/uint8 input pairs with 90 random scale sets).  SUB has no SIMD path.
+reference/scalar kernel.  LiteRT's optimized ADD differs from it inside its SIMD loops: the
+input rescale rounds once (int8 elementwise) or floors its final shift (uint8, and any scalar
+broadcast); ``litert_simd=True`` reproduces which output elements take which path (see
+``litert_add_loop`` in the reference).  Outside the modelled regime, results whose rescaled
+value before the output zero point leaves int16 wrap through int16 in LiteRT's SIMD ADD/MUL
+loops (only for output scales ~100x too small for the data).  SUB and MUL match the reference
+arithmetic for every broadcast form tried.
 
 ``float`` follows PyTorch's formula in float32 (dequantize, add, ``rint`` requantize).  On
 FMA-capable targets LLVM may contract the dequantize multiply into the add, which can change a
@@ -39,7 +40,7 @@ def _ints(v) -> list[int]:
 
 def _make(
     name, lhs, rhs, lhs_scale, lhs_zero_point, rhs_scale, rhs_zero_point, output_scale,
-    output_zero_point, out_dtype, rounding, out_min, out_max, simd_lanes=None,
+    output_zero_point, out_dtype, rounding, out_min, out_max, litert_simd=False,
 ) -> relax.Call:  # fmt: skip
     check_rounding(rounding)
     return make_call(
@@ -56,7 +57,7 @@ def _make(
             rounding=rounding,
             out_min=None if out_min is None else int(out_min),
             out_max=None if out_max is None else int(out_max),
-            simd_lanes=int(simd_lanes) if simd_lanes else None,
+            litert_simd=True if litert_simd else None,
         ),
     )
 
@@ -75,12 +76,13 @@ def add(
     rounding: str = "tflite",
     out_min: int | None = None,
     out_max: int | None = None,
-    simd_lanes: int | None = None,
+    litert_simd: bool = False,
 ) -> relax.Call:
     """Quantized ``lhs + rhs`` (numpy broadcasting); ``out_min``/``out_max`` fuse a clamp.
 
-    ``simd_lanes=16`` (rounding "tflite") reproduces LiteRT's int8 ADD, whose SIMD loop
-    rescales the inputs with a single rounding (see ``litert_simd_mask`` in the reference)."""
+    ``litert_simd=True`` (rounding "tflite", int8/uint8, static shapes) reproduces LiteRT's
+    optimized ADD, whose SIMD loops rescale the inputs differently from its scalar tail (see
+    ``litert_add_loop`` in the reference)."""
     return _make("qnn.add", **locals())
 
 
@@ -276,12 +278,13 @@ def _arith(kind: str, v: dict, where: str):
             y = mbqm(x << ls, m, s, r)
             if simd is None:
                 return y
-            if v["in_dtype"] == "int8":
+            pred, kind = simd
+            if v["in_dtype"] == "int8" and kind == "elementwise":
                 fast = mbqm(x << ls, m, s, "tflite_single")
-            else:  # SRDHM (m >= 0), then NEON's truncating shift
+            else:  # SRDHM (ties away from zero), then an arithmetic right shift
                 fast = ((x << ls) * fp._i64(m) + fp._i64(1 << 30)) >> fp._i64(31)
                 fast = fast >> fp._i64(max(-s, 0))
-            return tirx.Select(simd, fast, y)
+            return tirx.Select(pred, fast, y)
 
         def tfl(a, b, simd=None):
             a1 = rescale(a, p.lhs_multiplier, p.lhs_shift, simd)
@@ -315,21 +318,22 @@ def _round_f32(y: PrimExpr) -> PrimExpr:
 
 
 def _simd_predicate(call, idx):
-    """TE form of ``ref.litert_simd_mask`` for the output index ``idx``, or None."""
-    lanes = int(attr(call, "simd_lanes", 0) or 0)
-    if not lanes or attr(call, "rounding", "tflite") != "tflite":
+    """(predicate, loop kind) of ``ref.litert_add_loop`` at output index ``idx``, or None."""
+    if not attr(call, "litert_simd", False) or attr(call, "rounding", "tflite") != "tflite":
+        return None
+    in_dtype = str(call.args[0].ty.dtype)
+    if in_dtype not in ref.LITERT_ADD_LANES:
         return None
     la = [int(d) for d in call.args[0].ty.shape.values]
     lb = [int(d) for d in call.args[1].ty.shape.values]
-    k, t = ref.simd_block(la, lb)
-    limit = lanes * (t // lanes)
-    if k == 0 or limit == 0:
-        return tirx.const(False, "bool")
-    dims = [int(d) for d in np.broadcast_shapes(tuple(la), tuple(lb))][-k:]
+    loop = ref.litert_add_loop(la, lb, in_dtype)
+    if loop.simd == 0:
+        return None
+    dims = [int(d) for d in np.broadcast_shapes(tuple(la), tuple(lb))]
     pos = fp._i64(0)
-    for i, d in zip(list(idx)[-k:], dims, strict=True):
+    for i, d in zip(idx, dims, strict=True):
         pos = pos * fp._i64(d) + fp._i64(i)
-    return pos < fp._i64(limit)
+    return tirx.floormod(pos, fp._i64(loop.row)) < fp._i64(loop.simd), loop.kind
 
 
 def _legalize(kind: str):

@@ -148,7 +148,7 @@ def _binary(
     rounding: str,
     out_min: int | None,
     out_max: int | None,
-    simd_lanes: int = 0,
+    litert_simd: bool = False,
 ) -> np.ndarray:
     where = f"qnn.{kind}"
     rounding = op_rounding(rounding)
@@ -167,10 +167,10 @@ def _binary(
     if kind == "multiply":
         y = _multiply(a * b, s1, s2, so, rounding)
     elif rounding in ("tflite", "tflite_single"):
-        simd = None
-        if simd_lanes and rounding == "tflite":
-            simd = litert_simd_mask(lhs.shape, rhs.shape, simd_lanes)
-        y = _tflite_add_sub(kind, a, b, s1, s2, so, in_dtype, rounding, simd)
+        loop = None
+        if litert_simd and rounding == "tflite" and in_dtype in LITERT_ADD_LANES:
+            loop = litert_add_loop(lhs.shape, rhs.shape, in_dtype)
+        y = _tflite_add_sub(kind, a, b, s1, s2, so, in_dtype, rounding, loop)
     elif rounding in INTEGER_MODES:
         y = _relay_add_sub(kind, a, b, s1, s2, so, rounding)
     else:
@@ -178,42 +178,82 @@ def _binary(
     return saturate(y + zo, out_dtype, lo, hi)
 
 
-def simd_block(lhs_shape, rhs_shape) -> tuple[int, int]:
-    """(k, T): LiteRT's elementwise kernel runs over the trailing ``k`` dims (``T`` elements)
-    that both operands share, once per leading index."""
-    a, b = list(lhs_shape), list(rhs_shape)
+LITERT_ADD_LANES = {"int8": 16, "uint8": 8}
+LITERT_SCALAR_BROADCAST_LANES = 8
+
+
+@dataclass(frozen=True)
+class LiteRTAddLoop:
+    """How LiteRT's optimized ADD walks the (row-major) output: in rows of ``row`` elements,
+    the first ``simd`` of each row in a SIMD loop and the rest in a scalar tail with TFLite's
+    reference arithmetic.
+
+    ``kind`` is ``"elementwise"`` (both operands vary along the row: ``AddElementwise``),
+    ``"scalar_broadcast"`` (one operand is one value per row: ``AddScalarBroadcast``, 8 lanes)
+    or ``"generic"`` (shapes no fivefold loop fits: the reference kernel everywhere)."""
+
+    kind: str
+    row: int
+    simd: int
+
+    def mask(self, out_shape) -> np.ndarray:
+        size = int(np.prod(out_shape, dtype=np.int64))
+        return (np.arange(size) % max(self.row, 1) < self.simd).reshape(out_shape)
+
+
+def _fivefold(a: list[int], b: list[int]) -> list[int] | None:
+    """LiteRT's ProcessBroadcastShapes: the dims folded, innermost first, into
+    ``(y0, y1, y2, y3, y4)``; ``a`` is the operand broadcast along y3, ``b`` the one possibly
+    broadcast along y1.  None if no fivefold loop fits (LiteRT's generic kernel)."""
+    y, i = [1] * 5, len(a) - 1
+
+    def fold(slot: int, same: bool, ones: list[int] | None, dims: list[int]) -> None:
+        nonlocal i
+        while i >= 0 and (a[i] == b[i] if same else ones[i] == 1):
+            y[slot] *= dims[i]
+            i -= 1
+
+    fold(4, True, None, b)
+    fold(3, False, a, b)
+    fold(2, True, None, a)
+    fold(1, False, b, a)
+    fold(0, True, None, b)
+    return None if i >= 0 else y
+
+
+def litert_add_loop(lhs_shape, rhs_shape, in_dtype: str) -> LiteRTAddLoop:
+    """The loop LiteRT's optimized 8-bit ADD kernel runs for these operand shapes."""
+    a, b = [int(d) for d in lhs_shape], [int(d) for d in rhs_shape]
     n = max(len(a), len(b))
     a, b = [1] * (n - len(a)) + a, [1] * (n - len(b)) + b
-    k, t = 0, 1
-    for da, db in zip(reversed(a), reversed(b), strict=True):
-        if da != db:
-            break
-        k, t = k + 1, t * da
-    return k, t
+    out = np.broadcast_shapes(tuple(a), tuple(b))
+    lanes = LITERT_ADD_LANES[in_dtype]
+    if a == b:
+        total = int(np.prod(out, dtype=np.int64))
+        return LiteRTAddLoop("elementwise", total, lanes * (total // lanes))
+    first = next(i for i in reversed(range(n)) if a[i] != b[i])
+    y = _fivefold(a, b) if a[first] == 1 else _fivefold(b, a)
+    if y is None:
+        return LiteRTAddLoop("generic", 1, 0)
+    if y[4] > 1:
+        return LiteRTAddLoop("elementwise", y[4], lanes * (y[4] // lanes))
+    sb = LITERT_SCALAR_BROADCAST_LANES
+    return LiteRTAddLoop("scalar_broadcast", y[3], sb * (y[3] // sb))
 
 
-def litert_simd_mask(lhs_shape, rhs_shape, lanes: int) -> np.ndarray:
-    """True where LiteRT's int8 ADD SIMD loop (``lanes`` wide) handles the element: it rescales
-    the inputs with one rounding there, and with TFLite's two roundings in the scalar tail."""
-    out = np.broadcast_shapes(tuple(lhs_shape), tuple(rhs_shape))
-    k, t = simd_block(lhs_shape, rhs_shape)
-    pos = np.arange(int(np.prod(out, dtype=np.int64))) % t
-    return (pos < lanes * (t // lanes)).reshape(out)
+def simd_rescale(x: np.ndarray, m: int, s: int, in_dtype: str, kind: str) -> np.ndarray:
+    """The input rescale inside LiteRT's ADD SIMD loops (``x`` already shifted left by 20).
 
-
-def simd_rescale(x: np.ndarray, m: int, s: int, in_dtype: str) -> np.ndarray:
-    """The input rescale inside LiteRT's ADD SIMD loop: int8 rounds once (AVX2 64-bit product);
-    uint8 takes SaturatingRoundingDoublingHighMul then a truncating shift (NEON vshl)."""
-    if in_dtype == "int8":
+    int8 ``AddElementwise`` shifts by ``20 + s`` before one rounding doubling multiply (a
+    single rounding); uint8 ``AddElementwise`` and both dtypes' ``AddScalarBroadcast`` take
+    SaturatingRoundingDoublingHighMul and then an arithmetic (flooring) right shift."""
+    if in_dtype == "int8" and kind == "elementwise":
         return multiply_by_quantized_multiplier(x, m, s, "tflite_single").astype(np.int64)
-    high = (x.astype(np.int64) * np.int64(m) + (1 << 30)) >> 31  # SRDHM for m >= 0
+    high = (x.astype(np.int64) * np.int64(m) + (1 << 30)) >> 31  # SRDHM, ties away from 0
     return high >> max(-int(s), 0) << max(int(s), 0)
 
 
-LITERT_ADD_LANES = {"int8": 16, "uint8": 8}
-
-
-def _tflite_add_sub(kind, a, b, s1, s2, so, in_dtype, rounding, simd=None) -> np.ndarray:
+def _tflite_add_sub(kind, a, b, s1, s2, so, in_dtype, rounding, loop=None) -> np.ndarray:
     p = tflite_add_sub_params(s1, s2, so, in_dtype, rounding)
     mbqm = multiply_by_quantized_multiplier
     out_shape = np.broadcast_shapes(a.shape, b.shape)
@@ -221,8 +261,9 @@ def _tflite_add_sub(kind, a, b, s1, s2, so, in_dtype, rounding, simd=None) -> np
 
     def rescale(x, m, s):
         y = mbqm(x << p.left_shift, m, s, rounding).astype(np.int64)
-        if simd is not None:
-            y = np.where(simd, simd_rescale(x << p.left_shift, m, s, in_dtype), y)
+        if loop is not None and loop.simd:
+            fast = simd_rescale(x << p.left_shift, m, s, in_dtype, loop.kind)
+            y = np.where(loop.mask(out_shape), fast, y)
         return y
 
     a = rescale(a, p.lhs_multiplier, p.lhs_shift)
@@ -277,11 +318,12 @@ def add(
     rounding: str = "tflite",
     out_min: int | None = None,
     out_max: int | None = None,
-    simd_lanes: int = 0,
+    litert_simd: bool = False,
 ) -> np.ndarray:
     """Quantized ``lhs + rhs`` with numpy broadcasting; see the module doc for the modes.
 
-    ``simd_lanes=16`` reproduces LiteRT's int8 ADD (see :func:`litert_simd_mask`)."""
+    ``litert_simd=True`` (rounding ``"tflite"``, int8/uint8) reproduces LiteRT's optimized ADD,
+    whose SIMD loops rescale the inputs differently (:func:`litert_add_loop`)."""
     return _binary("add", **locals())
 
 

@@ -898,11 +898,11 @@ def run_cases(
             for _ in range(samples):
                 arrays = random_inputs(case, rng)
                 try:
-                    ours = _flatten(vm[name](*(_tvm_tensor(a) for a in arrays)))
+                    ours = run_vm(vm, name, arrays)
                 except Exception as e:  # noqa: BLE001
                     problem(case, "run", f"{type(e).__name__}: {e}", inputs=arrays)
                     break
-                ref = oracles[case.index](arrays)
+                ref = invoke_litert(oracles[case.index], arrays)
                 diffs = [_diff(o, r) for o, r in zip(ours, ref, strict=False)]
                 if len(ours) != len(ref) or max(diffs, default=0.0) > 0:
                     worst = max(diffs, default=float("inf"))
@@ -920,7 +920,23 @@ def run_cases(
 def _tvm_tensor(a: np.ndarray):
     import tvm
 
-    return tvm.runtime.tensor(np.ascontiguousarray(a))
+    return tvm.runtime.tensor(np.array(a, order="C"))  # ascontiguousarray makes 0-d 1-d
+
+
+def run_vm(vm, name: str, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Call function ``name`` of a :func:`compile_batch` machine on numpy arrays."""
+    return _flatten(vm[name](*(_tvm_tensor(a) for a in arrays)))
+
+
+def invoke_litert(runner, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Run a :class:`~tvm_qnn_ext.testing.litert.LiteRTRunner` on ``arrays``, 0-d inputs
+    included (its ``__call__`` passes inputs through ``np.ascontiguousarray``, which makes
+    them 1-d)."""
+    it = runner.interpreter
+    for spec, a in zip(runner.inputs, arrays, strict=True):
+        it.set_tensor(spec.index, np.array(a, order="C"))
+    it.invoke()
+    return [it.get_tensor(o.index).copy() for o in runner.outputs]
 
 
 def run_fuzz(

@@ -29,9 +29,8 @@ def convert_binary(ctx: Context, op: Operator):
     out = ctx.tensor(op.outputs[0])
     lo, hi = activation_range(op.options.get("fused_activation_function", 0), qo, out.dtype)
     make = getattr(qnn, _OPS[op.name])
-    # LiteRT's ADD rescales its inputs differently inside its SIMD loop (see simd_rescale).
-    lanes = LITERT_ADD_LANES.get(out.dtype) if op.name == "ADD" else None
-    extra = {"simd_lanes": lanes} if lanes else {}
+    # LiteRT's ADD rescales its inputs differently inside its SIMD loops (litert_add_loop).
+    extra = {"litert_simd": True} if op.name == "ADD" and out.dtype in LITERT_ADD_LANES else {}
     call = make(
         ctx.expr(op.inputs[0]),
         ctx.expr(op.inputs[1]),
