@@ -1,0 +1,94 @@
+"""Register-tiled, tensorized schedule of an int8 dot-product block, shared by conv2d and dense.
+
+The block's loops must be ``[spatial..., channel, reduction...]`` where ``channel`` (padded output
+channels) is a multiple of the instruction's ``lanes`` and the last reduction loop (padded input
+channels) a multiple of its ``reduction``; the weights are packed so one ``lanes x reduction``
+tile is contiguous.  The output tile is ``rows`` positions of the last spatial axis by
+``blocks * lanes`` channels, kept in registers while the whole reduction runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import s_tir
+from tvm.s_tir.schedule import LoopRV, SBlockRV
+
+from ..dot_product import DotInstruction, register
+
+MAX_ROWS = 16
+
+
+@dataclass(frozen=True)
+class Tile:
+    rows: int  # positions of the last spatial axis per tile
+    blocks: int  # lanes-wide channel blocks per tile
+
+    def __str__(self) -> str:
+        return f"{self.rows}x{self.blocks}"
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def choose_tile(width: int, channel_blocks: int, ins: DotInstruction) -> Tile:
+    """The largest register tile (rows x blocks accumulators) within the instruction's budget.
+
+    Both factors divide their extents so no tile needs a predicate (tensorize needs full tiles,
+    and the epilogue's region must be a rectangle).
+    """
+    candidates = [
+        Tile(r, b)
+        for r in _divisors(width)
+        for b in _divisors(channel_blocks)
+        if r <= MAX_ROWS and r * b <= ins.max_accumulators
+    ]
+    # most accumulators, then the squarest tile (fewest loads per instruction)
+    return max(candidates, key=lambda t: (t.rows * t.blocks, min(t.rows, t.blocks), t.blocks))
+
+
+def _extent(sch: s_tir.Schedule, loop: LoopRV) -> int:
+    return int(sch.get(loop).extent)
+
+
+def tile_dot(
+    sch: s_tir.Schedule,
+    block: SBlockRV,
+    ins: DotInstruction,
+    n_spatial: int,
+    epilogue: SBlockRV | None = None,
+) -> Tile:
+    """Tile, tensorize and parallelize ``block``.
+
+    ``epilogue`` (the block consuming the accumulators) is computed per tile, inside the fused
+    parallel tile loop, so no full int32 intermediate is kept.
+    """
+    loops = sch.get_loops(block)
+    spatial, channel, reduction = loops[:n_spatial], loops[n_spatial], loops[n_spatial + 1 :]
+    tile = choose_tile(_extent(sch, spatial[-1]), _extent(sch, channel) // ins.lanes, ins)
+    s_out, s_in = sch.split(spatial[-1], [None, tile.rows])
+    c_out, c_blk, c_lane = sch.split(channel, [None, tile.blocks, ins.lanes])
+    k_out, k_in = sch.split(reduction[-1], [None, ins.reduction])
+    sch.reorder(*spatial[:-1], s_out, c_out, *reduction[:-1], k_out, s_in, c_blk, c_lane, k_in)
+    tile_loop = sch.fuse(*spatial[:-1], s_out, c_out)
+    if epilogue is not None:
+        sch.reverse_compute_at(epilogue, tile_loop)
+        vectorize_channels(sch, epilogue, ins.lanes)
+    sch.parallel(tile_loop)
+    init = sch.decompose_reduction(block, reduction[0] if len(reduction) > 1 else k_out)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(c_lane, register(ins))
+    sch.unroll(s_in)
+    sch.unroll(c_blk)
+    return tile
+
+
+def vectorize_channels(sch: s_tir.Schedule, block: SBlockRV, lanes: int) -> None:
+    """Vectorize the innermost (channel) loop of an epilogue block by ``lanes`` when it divides."""
+    loop = sch.get_loops(block)[-1]
+    extent = _extent(sch, loop)
+    if extent % lanes == 0 and extent > lanes:
+        sch.vectorize(sch.split(loop, [None, lanes])[1])
+    elif extent <= 64:
+        sch.vectorize(loop)
