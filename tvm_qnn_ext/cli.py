@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -219,42 +219,38 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if maxdiff else 0
 
 
-def _median_ms(fn: Callable[[], object], repeat: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .oracle import io_specs, litert, random_input
+    from .bench import ENGINES, bench_in_subprocess, format_timings
 
     if args.repeat < 1 or args.warmup < 0:
         raise CliError("--repeat must be >= 1 and --warmup >= 0")
+    if any(n < 1 for n in args.threads):
+        raise CliError(f"--threads must be >= 1, got {args.threads}")
+    engines = args.engines.split(",")
+    unknown = sorted(set(engines) - set(ENGINES))
+    if unknown:
+        raise CliError(f"unknown engine(s) {unknown}; choose from {','.join(ENGINES)}")
     path = _model_file(args.model)
-    data = _tflite_bytes(path)
-    in_specs, _ = io_specs(data)
-    compiled = _compile(path, args.target)
-    _check_io(compiled, in_specs)
-    inputs = [random_input(s, np.random.default_rng(0)) for s in in_specs]
-    builtin, xnnpack = litert(data, xnnpack=False), litert(data, xnnpack=True)
-    results = {
-        "tvm_qnn_ext": _median_ms(lambda: compiled(*inputs), args.repeat, args.warmup),
-        "litert_builtin": _median_ms(lambda: builtin(inputs), args.repeat, args.warmup),
-        "litert_xnnpack": _median_ms(lambda: xnnpack(inputs), args.repeat, args.warmup),
-    }
-    print(f"{path.name}: median of {args.repeat} runs, 1 thread, inputs and outputs copied")
-    for name, ms in results.items():
-        print(f"  {name:<15} {ms:9.3f} ms")
-    ours = results["tvm_qnn_ext"]
-    print(
-        f"ratio tvm_qnn_ext/litert_builtin={ours / results['litert_builtin']:.2f} "
-        f"tvm_qnn_ext/litert_xnnpack={ours / results['litert_xnnpack']:.2f}"
-    )
+    _tflite_bytes(path)
+    blocks = []
+    with tempfile.TemporaryDirectory(prefix="tvm_qnn_bench_") as compiled:
+        for n in args.threads:
+            # each thread count in a fresh process: TVM's thread pool reads TVM_NUM_THREADS once
+            try:
+                timings = bench_in_subprocess(
+                    path,
+                    engines,
+                    threads=n,
+                    repeat=args.repeat,
+                    warmup=args.warmup,
+                    budget_s=args.budget,
+                    target=args.target,
+                    cache=compiled,
+                )
+            except RuntimeError as e:
+                raise CliError(str(e)) from None
+            blocks.append(format_timings(path.name, timings, n))
+    print("\n\n".join(blocks))
     return 0
 
 
@@ -294,9 +290,17 @@ def _parser() -> argparse.ArgumentParser:
     k = add("check", cmd_check, "compare with LiteRT's builtin kernels on random inputs")
     k.add_argument("--samples", type=int, default=20)
     k.add_argument("--seed", type=int, default=0)
-    b = add("bench", cmd_bench, "time against LiteRT builtin and XNNPACK (1 thread)")
-    b.add_argument("--repeat", type=int, default=50)
+    b = add("bench", cmd_bench, "time against stock TVM, LiteRT builtin and LiteRT XNNPACK")
+    b.add_argument("--threads", type=int, nargs="+", default=[1], help="thread counts (1)")
+    b.add_argument("--repeat", type=int, default=50, help="at least this many timed calls")
     b.add_argument("--warmup", type=int, default=5)
+    b.add_argument("--budget", type=float, default=1.0, help="keep timing for this many seconds")
+    b.add_argument(
+        "--engines",
+        default="tvm_qnn_ext,stock_tvm,litert_builtin,litert_xnnpack",
+        help="comma-separated subset of tvm_qnn_ext,stock_tvm,litert_builtin,litert_xnnpack,"
+        "onnxruntime",
+    )
     add("tune", cmd_tune, "auto-tune schedules (not implemented yet)", False, False)
     return p
 
@@ -313,9 +317,6 @@ def _one_line(e: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "bench":
-        # read by TVM's thread pool when it first starts
-        os.environ["TVM_NUM_THREADS"] = "1"
     try:
         return args.func(args)
     except CliError as e:
