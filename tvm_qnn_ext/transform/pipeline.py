@@ -37,6 +37,7 @@ _STAGES: dict[str, Stage] = {}
 # Modules that register stages; imported lazily so importing the pipeline stays cheap.
 _STAGE_MODULES = (
     "tvm_qnn_ext.transform.qdq_to_qnn",
+    "tvm_qnn_ext.transform.cast_multiply_round",
     "tvm_qnn_ext.transform.lower",
     "tvm_qnn_ext.transform.schedule_kernels",
 )
