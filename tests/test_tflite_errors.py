@@ -207,15 +207,13 @@ def test_mutated_flatbuffers_never_crash(tmp_path, request):
 
 def _unsupported_model() -> bytes:
     mb = ModelBuilder()
-    x = mb.add_tensor("x", (1, 4, 4, 3), "int8", scale=0.05, zero_point=0)
-    size = mb.add_const("size", np.array([8, 8], np.int32))
-    r1 = mb.add_tensor("r1", (1, 8, 8, 3), "int8", scale=0.05, zero_point=0)
-    mb.add_op("RESIZE_BILINEAR", [x, size], [r1])
-    size2 = mb.add_const("size2", np.array([16, 16], np.int32))
-    r2 = mb.add_tensor("r2", (1, 16, 16, 3), "int8", scale=0.05, zero_point=0)
-    mb.add_op("RESIZE_BILINEAR", [r1, size2], [r2])
+    x = mb.add_tensor("x", (1, 8, 8, 3), "int8", scale=0.05, zero_point=0)
+    r1 = mb.add_tensor("r1", (1, 4, 4, 12), "int8", scale=0.05, zero_point=0)
+    mb.add_op("SPACE_TO_DEPTH", [x], [r1], block_size=2)
+    r2 = mb.add_tensor("r2", (1, 2, 2, 48), "int8", scale=0.05, zero_point=0)
+    mb.add_op("SPACE_TO_DEPTH", [r1], [r2], block_size=2)
     idx = mb.add_const("idx", np.array([0, 2], np.int32))
-    g = mb.add_tensor("g", (1, 16, 16, 2), "int8", scale=0.05, zero_point=0)
+    g = mb.add_tensor("g", (1, 2, 2, 2), "int8", scale=0.05, zero_point=0)
     mb.add_op("GATHER", [r2, idx], [g], axis=3)
     f = mb.add_tensor("f", (1, 4, 4, 3), "float32")
     w = mb.add_const("w", np.ones((2, 1, 1, 3), np.float32))
@@ -229,7 +227,7 @@ def test_unsupported_ops_listed_in_one_error():
     with pytest.raises(TFLiteImportError) as e:
         from_tflite(_unsupported_model())
     msg = str(e.value)
-    assert "RESIZE_BILINEAR x2" in msg, msg
+    assert "SPACE_TO_DEPTH x2" in msg, msg
     assert "GATHER x1" in msg, msg
     assert "CONV_2D: float32 input" in msg and "x1" in msg, msg
 

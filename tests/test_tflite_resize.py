@@ -1,4 +1,4 @@
-"""RESIZE_NEAREST_NEIGHBOR against LiteRT's builtin kernels, bit for bit.
+"""RESIZE_NEAREST_NEIGHBOR and int8 RESIZE_BILINEAR against LiteRT's builtin kernels, bit for bit.
 
 Random NHWC shapes (upscale, downscale, exact 2x, mixed), all four option combinations,
 int8 and uint8; each model is compiled with ``compile_model`` and run on random full-range
@@ -128,3 +128,68 @@ def test_resize_requantizing_rejected():
     model = _model("RESIZE_NEAREST_NEIGHBOR", case, out_scale=case["scale"] * 2)
     with pytest.raises(TFLiteImportError, match="quantization differ"):
         from_tflite(model)
+
+
+# ---- RESIZE_BILINEAR ------------------------------------------------------------------------
+
+BILINEAR_OPTIONS = [(False, False), (True, False), (False, True)]
+BILINEAR_CASES = [
+    dict(_case(i), dtype="int8", zero_point=int(np.random.default_rng(i).integers(-128, 128)))
+    for i in range(60)
+]
+for _i, _c in enumerate(BILINEAR_CASES):
+    _c["align_corners"], _c["half_pixel_centers"] = BILINEAR_OPTIONS[_i % 3]
+
+
+def _random_input(case, rng):
+    lo, hi = dtype_range(case["dtype"])
+    return rng.integers(lo, hi + 1, size=case["in_shape"]).astype(case["dtype"])
+
+
+def test_resize_bilinear_reference_matches_litert():
+    """The numpy reference (ResizeBilinearInteger) on 300 random int8 resizes."""
+    from tvm_qnn_ext.quantization.resize import resize_bilinear
+
+    rng = np.random.default_rng(5)
+    for i in range(300):
+        case = dict(BILINEAR_CASES[i % 60], seed=i)
+        n, h, w, c = case["in_shape"]
+        case["in_shape"] = (n, int(rng.integers(1, 14)), int(rng.integers(1, 14)), c)
+        case["size"] = (int(rng.integers(1, 30)), int(rng.integers(1, 30)))
+        x = _random_input(case, rng)
+        (want,) = LiteRTRunner(_model("RESIZE_BILINEAR", case))([x])
+        got = resize_bilinear(x, case["size"], case["align_corners"], case["half_pixel_centers"])
+        np.testing.assert_array_equal(got, want, err_msg=str(case))
+
+
+def _compare_bilinear(cases):
+    from tvm_qnn_ext.testing.fuzz_tflite import compile_batch, run_vm
+
+    models = {f"case_{i}": _model("RESIZE_BILINEAR", c) for i, c in enumerate(cases)}
+    vm = compile_batch({name: from_tflite(m) for name, m in models.items()})
+    for i, case in enumerate(cases):
+        oracle = LiteRTRunner(models[f"case_{i}"])
+        rng = np.random.default_rng(case["seed"])
+        for _ in range(3):
+            x = _random_input(case, rng)
+            (ours,) = run_vm(vm, f"case_{i}", [x])
+            (want,) = oracle([x])
+            assert ours.dtype == want.dtype
+            np.testing.assert_array_equal(ours, want, err_msg=str(case))
+
+
+def test_resize_bilinear_matches_litert():
+    """12 random int8 models (2x, up, down, mixed; each option), compiled as one module."""
+    _compare_bilinear(BILINEAR_CASES[::5])
+
+
+@pytest.mark.slow
+def test_resize_bilinear_matches_litert_many():
+    _compare_bilinear(BILINEAR_CASES)
+
+
+def test_resize_bilinear_uint8_rejected():
+    case = dict(CASES[1], align_corners=False, half_pixel_centers=False)
+    assert case["dtype"] == "uint8"
+    with pytest.raises(TFLiteImportError, match="RESIZE_BILINEAR: uint8 input"):
+        from_tflite(_model("RESIZE_BILINEAR", case))

@@ -1,4 +1,4 @@
-"""RESIZE_NEAREST_NEIGHBOR on NHWC int8/uint8 tensors.
+"""RESIZE_NEAREST_NEIGHBOR (int8/uint8) and RESIZE_BILINEAR (int8) on NHWC tensors.
 
 Shapes are static, so the source row/column of every output pixel is computed here in numpy,
 reproducing LiteRT's 8-bit kernel (``optimized_ops::ResizeNearestNeighbor``) exactly, and the
@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 
+from ...quantization.resize import bilinear_taps
 from .importer import QUANT_DTYPES, Context, converter
 from .reader import Operator
 
@@ -91,3 +92,44 @@ def convert_resize_nearest(ctx: Context, op: Operator):
     if not np.array_equal(wi, np.arange(w)):
         v = ctx.emit(relax.op.take(v, relax.const(wi, "int32"), axis=2))
     return [v]
+
+
+def _check_bilinear(ctx: Context, op: Operator) -> str | None:
+    reason = _check_resize(ctx, op)
+    if reason:
+        return reason
+    if ctx.tensor(op.inputs[0]).dtype == "uint8":
+        # LiteRT's uint8 kernel (ResizeBilinearGenericSmallChannel) interpolates in float32.
+        return "uint8 input (LiteRT interpolates uint8 in float32; only int8 is supported)"
+    if op.options.get("align_corners", False) and op.options.get("half_pixel_centers", False):
+        return "align_corners and half_pixel_centers are both set"
+    return None
+
+
+def _round_shift_20(acc: relax.Expr) -> relax.Expr:
+    """``acc / 2^20`` rounded half away from zero, in int64."""
+    half = relax.const(1 << 19, "int64")
+    mag = relax.op.right_shift(relax.op.add(relax.op.abs(acc), half), relax.const(20, "int64"))
+    return relax.op.multiply(relax.op.sign(acc), mag)
+
+
+@converter("RESIZE_BILINEAR", check=_check_bilinear)
+def convert_resize_bilinear(ctx: Context, op: Operator):
+    """``ResizeBilinearInteger``: four gathers weighted by import-time 10-bit fixed-point
+    weights (see :mod:`tvm_qnn_ext.quantization.resize`), summed and rounded in int64."""
+    _, h, w, _ = ctx.tensor(op.inputs[0]).shape
+    oh, ow = (int(d) for d in ctx.const(op.inputs[1]).reshape(-1))
+    ac = bool(op.options.get("align_corners", False))
+    hp = bool(op.options.get("half_pixel_centers", False))
+    ty, tx = bilinear_taps(h, oh, ac, hp), bilinear_taps(w, ow, ac, hp)
+    dtype = ctx.tensor(op.inputs[0]).dtype
+    x = ctx.expr(op.inputs[0])
+    acc = None
+    for yi in (0, 1):
+        rows = ctx.emit(relax.op.take(x, relax.const(ty[:, yi].astype(np.int32)), axis=1))
+        for xj in (0, 1):
+            v = ctx.emit(relax.op.take(rows, relax.const(tx[:, xj].astype(np.int32)), axis=2))
+            weight = np.outer(ty[:, 2 + yi], tx[:, 2 + xj])[None, :, :, None]
+            term = relax.op.multiply(relax.op.astype(v, "int64"), relax.const(weight, "int64"))
+            acc = ctx.emit(term if acc is None else relax.op.add(acc, term))
+    return [ctx.emit(relax.op.astype(_round_shift_20(acc), dtype))]
