@@ -107,7 +107,13 @@ def load_source(source, **options) -> tvm.IRModule:
         from .frontend.pytorch import from_pytorch
 
         return from_pytorch(torch.export.load(str(path)), **options)
-    raise ValueError(f"{path}: unsupported model format {path.suffix!r}; supported: .tflite, .pt2")
+    if path.suffix == ".onnx":
+        from .frontend.onnx import from_onnx
+
+        return from_onnx(path, **options)
+    raise ValueError(
+        f"{path}: unsupported model format {path.suffix!r}; supported: .tflite, .pt2, .onnx"
+    )
 
 
 def _is_torch_model(source) -> bool:
