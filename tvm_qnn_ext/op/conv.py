@@ -19,6 +19,7 @@ from tvm import relax, te, tirx
 from tvm.ir import GenericConst
 
 from ..quantization.params import check_zero_point
+from ..target.schedule import ANNOTATION
 from .common import (
     at,
     attr,
@@ -142,16 +143,23 @@ class OffsetParts:
 
 
 def offset_parts(
-    call: relax.Call, channels: int, weight_ok: np.ndarray | None, reduction: int
+    call: relax.Call,
+    channels: int,
+    weight_ok: np.ndarray | None,
+    reduction: int,
+    zx_shift: int = 0,
+    zw_shift: int = 0,
 ) -> OffsetParts:
     """Split the zero-point and bias terms.
 
     ``weight_ok`` is the weight as an [O, K] array when it is a constant, else None;
-    ``reduction`` is K, the number of products summed per output.
+    ``reduction`` is K, the number of products summed per output.  ``zx_shift``/``zw_shift``
+    describe operands shifted by the same amount as their zero points (e.g. int8 activations
+    moved to uint8 by +128 for u8 x s8 instructions): ``x - zx`` is unchanged.
     """
     bias = call.args[2] if len(call.args) > 2 else None
-    zx = int(attr(call, "input_zero_point", 0))
-    zw = kernel_zero_point(call, call.args[1].ty.dtype, channels)
+    zx = int(attr(call, "input_zero_point", 0)) + zx_shift
+    zw = kernel_zero_point(call, call.args[1].ty.dtype, channels) + zw_shift
     offset = reduction * zx * zw
     bias_np = None if bias is None else constant_value(bias)
     if bias_np is not None:
@@ -323,7 +331,12 @@ class Conv2D:
 
     @staticmethod
     def legalize(bb, call):
+        from . import packed_dot  # imports this module
+
         g = geometry(call)
+        ins = packed_dot.instruction_for(call, g.groups == 1 and g.data_layout == "NHWC")
+        if ins is not None:
+            return packed_dot.legalize_conv2d(bb, call, g, ins)
         w_np = constant_value(call.args[1])
         if w_np is not None:
             w_np = w_np.transpose([g.kernel_layout.index(a) for a in "OIHW"]).reshape(g.o, -1)
@@ -372,7 +385,8 @@ def _conv2d_te(x, w, offset, zw, bias, g: Geometry, parts: OffsetParts) -> te.Te
         return te.sum(tap(n, c, oh, ow) * wv, axis=axes)
 
     out_shape = g.shape(g.n, g.o, g.oh, g.ow)
-    acc = te.compute(out_shape, dot, name="dot")
+    attrs = {ANNOTATION: "depthwise_conv2d"} if g.depthwise else None
+    acc = te.compute(out_shape, dot, name="dot", attrs=attrs)
 
     window_sum = None
     if parts.needs_window_sum:

@@ -81,7 +81,12 @@ class Dense:
 
     @staticmethod
     def legalize(bb, call):
+        from . import packed_dot  # imports .conv, which this module uses too
+
         dshape, k, units, layout = _shapes(call)
+        ins = packed_dot.instruction_for(call, True)
+        if ins is not None:
+            return packed_dot.legalize_dense(bb, call, k, units, layout, ins)
         w_np = constant_value(call.args[1])
         if w_np is not None and layout == "KN":
             w_np = w_np.T

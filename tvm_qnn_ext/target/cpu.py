@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 from dataclasses import dataclass
 from functools import lru_cache
@@ -43,11 +44,14 @@ def detect_cpu() -> CpuInfo:
 
 
 def resolve_target(target: str | dict | tvm.target.Target = "native") -> tvm.target.Target:
-    """``"native"`` is this CPU with its features; dicts and Targets pass through."""
+    """``"native"`` is this CPU with its features; dicts (or their JSON text, as on the command
+    line) and Targets pass through."""
     if isinstance(target, tvm.target.Target):
         return target
     if isinstance(target, dict):
         return tvm.target.Target(target)
+    if target.lstrip().startswith("{"):
+        return tvm.target.Target(json.loads(target))
     if target == "native":
         cpu = detect_cpu()
         return tvm.target.Target({"kind": "llvm", "mcpu": cpu.mcpu})

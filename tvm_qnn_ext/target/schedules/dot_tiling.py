@@ -92,3 +92,42 @@ def vectorize_channels(sch: s_tir.Schedule, block: SBlockRV, lanes: int) -> None
         sch.vectorize(sch.split(loop, [None, lanes])[1])
     elif extent <= 64:
         sch.vectorize(loop)
+
+
+def _is_reduction(sch: s_tir.Schedule, block: SBlockRV) -> bool:
+    return any(int(iv.iter_type) != 0 for iv in sch.get(block).iter_vars)
+
+
+def schedule_dot_kernel(
+    sch: s_tir.Schedule, anchor: SBlockRV, ins: DotInstruction, n_spatial: int
+) -> str:
+    """Schedule a fused kernel ``[pad] -> dot -> [sums] -> accumulate -> epilogue...``.
+
+    The elementwise epilogue (accumulate, requantize, activation) is inlined into one block
+    computed per register tile; the input pad and any window/row sums run as their own
+    parallel loops before it.
+    """
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    names = [sch.get(b).name_hint for b in blocks]
+    at = names.index(sch.get(anchor).name_hint)
+    for b in blocks[:at] + [b for b in blocks[at + 1 :] if _is_reduction(sch, b)]:
+        _parallel_elementwise(sch, b)
+    epilogue = [b for b in blocks[at + 1 :] if not _is_reduction(sch, b)]
+    for b in epilogue[:-1]:
+        sch.compute_inline(b)
+    tile = tile_dot(sch, anchor, ins, n_spatial, epilogue[-1] if epilogue else None)
+    return f"{ins.name} tile {tile} ({tile.rows * tile.blocks} accumulators)"
+
+
+def _parallel_elementwise(sch: s_tir.Schedule, block: SBlockRV) -> None:
+    """Outer loops in parallel and the innermost vectorized, when the block allows it."""
+    loops = sch.get_loops(block)
+    spatial = [
+        lp
+        for lp, iv in zip(loops, sch.get(block).iter_vars, strict=False)
+        if int(iv.iter_type) == 0
+    ]
+    if len(spatial) == len(loops) and len(loops) > 1:
+        vectorize_channels(sch, block, 16)
+        loops = sch.get_loops(block)
+        sch.parallel(sch.fuse(*loops[: max(1, len(loops) - 2)]))

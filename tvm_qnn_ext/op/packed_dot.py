@@ -1,0 +1,185 @@
+"""qnn.conv2d / qnn.dense legalized for an int8 dot-product instruction (target/dot_product.py).
+
+Used when legalizing under a target (``with target:``) and the weight is a constant:
+
+* the weight is packed at compile time into ``lanes x reduction`` tiles (output channels padded
+  to ``lanes``, input channels to ``reduction``, both with zeros);
+* operands are moved to the instruction's u8 x s8 ranges by shifting them *and* their zero
+  point by 128 (int8 data +128, uint8 weights -128), so ``x - zx`` and ``w - zw`` are unchanged
+  and the zero-point algebra of :mod:`.conv` absorbs the shift into the folded constant;
+* the input is padded (spatially with the shifted zero point, channels with 0) in one stage;
+* the ``dot`` stage carries ``qnn.schedule`` (conv2d / dense) and ``qnn.dot`` (the instruction)
+  for the schedule rules in ``target/schedules``; ``accumulate`` drops the padded channels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, te, tirx
+
+from ..target import dot_product
+from ..target.packing import pack_weights, round_up
+from ..target.schedule import ANNOTATION
+from .conv import Geometry, OffsetParts, constant_value, offset_parts
+
+DOT_ANNOTATION = "qnn.dot"
+
+
+def instruction_for(call: relax.Call, shape_ok: bool) -> dot_product.DotInstruction | None:
+    """The instruction to legalize ``call`` for, or None to keep the portable legalization."""
+    target = tvm.target.Target.current(allow_none=True)
+    if not shape_ok or target is None or str(target.kind.name) != "llvm":
+        return None
+    if constant_value(call.args[1]) is None:
+        return None
+    return dot_product.select(target)
+
+
+def _shifts(call: relax.Call, ins: dot_product.DotInstruction) -> tuple[int, int]:
+    """(activation shift, weight shift) that bring the operands to the instruction's dtypes."""
+
+    def shift(have: str, want: str) -> int:
+        if have == want:
+            return 0
+        return 128 if want == "uint8" else -128
+
+    return (
+        shift(str(call.args[0].ty.dtype), ins.a_dtype),
+        shift(str(call.args[1].ty.dtype), ins.b_dtype),
+    )
+
+
+def _shifted_weight(w: np.ndarray, shift: int, dtype: str) -> np.ndarray:
+    return (w.astype(np.int16) + shift).astype(dtype)
+
+
+def _to_operand(v: tirx.PrimExpr, shift: int, dtype: str) -> tirx.PrimExpr:
+    if shift == 0:
+        return v
+    return (v.astype("int32") + shift).astype(dtype)
+
+
+def _accumulate(dot, out_shape, parts: OffsetParts, offset, zw, bias, window_sum):
+    def elem(*idx):
+        ws = None if window_sum is None else window_sum(*idx[:-1])
+        return parts.apply(dot(*idx), idx[-1], offset, zw, bias, ws, None)
+
+    return te.compute(out_shape, elem, name="accumulate")
+
+
+# ---- conv2d (NHWC, groups == 1) -----------------------------------------------------------------
+
+
+def legalize_conv2d(bb, call: relax.Call, g: Geometry, ins: dot_product.DotInstruction):
+    w = constant_value(call.args[1]).transpose([g.kernel_layout.index(a) for a in "OHWI"])
+    x_shift, w_shift = _shifts(call, ins)
+    w = _shifted_weight(w, w_shift, ins.b_dtype)
+    parts = offset_parts(call, g.o, w.reshape(g.o, -1), g.c * g.kh * g.kw, x_shift, w_shift)
+    packed = relax.const(pack_weights(w, ins.lanes, ins.reduction))
+    return bb.call_te(
+        lambda x, wp, **kw: _conv2d_te(x, wp, g=g, parts=parts, ins=ins, x_shift=x_shift, **kw),
+        call.args[0],
+        packed,
+        **parts.te_args(call),
+        primfunc_name_hint="qnn_conv2d",
+    )
+
+
+def _pad_input(x, g: Geometry, zx: int, x_shift: int, dtype: str, channels: int) -> te.Tensor:
+    pt, pl, pb, pr = g.padding
+
+    def elem(n, h, w, c):
+        v = _to_operand(x(n, h - pt, w - pl, c), x_shift, dtype)
+        inside = tirx.all(h >= pt, h < pt + g.h, w >= pl, w < pl + g.w)
+        v = tirx.if_then_else(inside, v, tirx.const(zx, dtype))
+        if channels == g.c:
+            return v
+        return tirx.if_then_else(c < g.c, v, tirx.const(0, dtype))
+
+    shape = (g.n, g.h + pt + pb, g.w + pl + pr, channels)
+    return te.compute(shape, elem, name="pad")
+
+
+def _conv2d_te(x, wp, offset, zw, bias, g, parts, ins, x_shift):
+    lanes, red = ins.lanes, ins.reduction
+    cp, op = round_up(g.c, red), round_up(g.o, lanes)
+    needs_pad = any(g.padding) or x_shift or cp != g.c
+    xp = _pad_input(x, g, parts.zx, x_shift, ins.a_dtype, cp) if needs_pad else x
+    (sh, sw), (dh, dw) = g.strides, g.dilation
+    rh = te.reduce_axis((0, g.kh), name="rh")
+    rw = te.reduce_axis((0, g.kw), name="rw")
+    rc = te.reduce_axis((0, cp), name="rc")
+
+    def dot(n, oh, ow, o):
+        a = xp(n, oh * sh + rh * dh, ow * sw + rw * dw, rc).astype("int32")
+        b = wp(o // lanes, rh, rw, rc // red, o % lanes, rc % red).astype("int32")
+        return te.sum(a * b, axis=[rh, rw, rc])
+
+    attrs = {ANNOTATION: "conv2d", DOT_ANNOTATION: ins.name}
+    acc = te.compute((g.n, g.oh, g.ow, op), dot, name="dot", attrs=attrs)
+    window_sum = None
+    if parts.needs_window_sum:
+        rh2 = te.reduce_axis((0, g.kh), name="rh")
+        rw2 = te.reduce_axis((0, g.kw), name="rw")
+        rc2 = te.reduce_axis((0, g.c), name="rc")
+        window_sum = te.compute(
+            (g.n, g.oh, g.ow),
+            lambda n, oh, ow: te.sum(
+                xp(n, oh * sh + rh2 * dh, ow * sw + rw2 * dw, rc2).astype("int32"),
+                axis=[rh2, rw2, rc2],
+            ),
+            name="window_sum",
+        )
+    return _accumulate(acc, (g.n, g.oh, g.ow, g.o), parts, offset, zw, bias, window_sum)
+
+
+# ---- dense ------------------------------------------------------------------------------------
+
+
+def legalize_dense(bb, call, k: int, units: int, layout: str, ins: dot_product.DotInstruction):
+    w = constant_value(call.args[1])
+    w = w if layout == "NK" else w.T
+    x_shift, w_shift = _shifts(call, ins)
+    w = _shifted_weight(w, w_shift, ins.b_dtype)
+    parts = offset_parts(call, units, w, k, x_shift, w_shift)
+    packed = relax.const(pack_weights(w, ins.lanes, ins.reduction))
+    return bb.call_te(
+        lambda x, wp, **kw: _dense_te(
+            x, wp, k=k, units=units, parts=parts, ins=ins, x_shift=x_shift, **kw
+        ),
+        call.args[0],
+        packed,
+        **parts.te_args(call),
+        primfunc_name_hint="qnn_dense",
+    )
+
+
+def _dense_te(x, wp, offset, zw, bias, k, units, parts, ins, x_shift):
+    lanes, red = ins.lanes, ins.reduction
+    kp, np_ = round_up(k, red), round_up(units, lanes)
+    lead = tuple(x.shape[:-1])
+    xp = x
+    if x_shift or kp != k:
+
+        def elem(*i):
+            v = _to_operand(x(*i[:-1], tirx.min(i[-1], k - 1)), x_shift, ins.a_dtype)
+            return v if kp == k else tirx.if_then_else(i[-1] < k, v, tirx.const(0, ins.a_dtype))
+
+        xp = te.compute((*lead, kp), elem, name="pad")
+    rk = te.reduce_axis((0, kp), name="rk")
+
+    def dot(*i):
+        a = xp(*i[:-1], rk).astype("int32")
+        n = i[-1]
+        return te.sum(a * wp(n // lanes, rk // red, n % lanes, rk % red).astype("int32"), axis=rk)
+
+    attrs = {ANNOTATION: "dense", DOT_ANNOTATION: ins.name}
+    acc = te.compute((*lead, np_), dot, name="dot", attrs=attrs)
+    row_sum = None
+    if parts.needs_window_sum:
+        rr = te.reduce_axis((0, k), name="rk")
+        row_sum = te.compute(
+            lead, lambda *i: te.sum(xp(*i, rr).astype("int32"), axis=rr), name="row_sum"
+        )
+    return _accumulate(acc, (*lead, units), parts, offset, zw, bias, row_sum)
