@@ -38,6 +38,9 @@ _STAGES: dict[str, Stage] = {}
 _STAGE_MODULES = (
     "tvm_qnn_ext.transform.qdq_to_qnn",
     "tvm_qnn_ext.transform.cast_multiply_round",
+    "tvm_qnn_ext.transform.fold_bias_add",
+    "tvm_qnn_ext.transform.fold_clip_into_requantize",
+    "tvm_qnn_ext.transform.fold_requantize_pair",
     "tvm_qnn_ext.transform.lower",
     "tvm_qnn_ext.transform.schedule_kernels",
 )
