@@ -200,9 +200,13 @@ def gen_conv2d(g: _Gen, x: T) -> T | None:
     if oh < 1 or ow < 1:
         return None
     cout = int(rng.integers(1, 17))
-    w, sw, zw, bias = _weights(g, x, cout, kh * kw * cin, True)
+    groups = 1
+    if cin > 1 and rng.random() < 0.2:  # grouped: the filter holds cin / groups channels
+        groups = int(rng.choice([k for k in range(2, cin + 1) if cin % k == 0]))
+        cout = groups * int(rng.integers(1, 4))
+    w, sw, zw, bias = _weights(g, x, cout, kh * kw * (cin // groups), True)
     y, act = _requant_out(g, x, w, zw, bias, sw, (n, oh, ow, cout))
-    wt = g.qconst(w.reshape(cout, kh, kw, cin), x.dtype, sw, zw, axis=0)
+    wt = g.qconst(w.reshape(cout, kh, kw, cin // groups), x.dtype, sw, zw, axis=0)
     bscale = [x.scale * s for s in sw]
     bt = g.qconst(bias, "int32", bscale, [0] * len(bscale))
     g.mb.add_op(
@@ -261,20 +265,30 @@ def gen_fully_connected(g: _Gen, x: T) -> T | None:
 
 
 def _broadcast_shape(g: _Gen, shape) -> tuple[int, ...]:
+    """The other operand's shape: equal, with 1s, a trailing part, [1], a scalar, or an
+    outer-product form that also broadcasts ``shape``'s unit dims (LiteRT picks a different
+    loop for each: elementwise rows, scalar broadcast, or its generic kernel)."""
     rng = g.rng
-    kind = int(rng.integers(0, 4))
+    kind = int(rng.integers(0, 7))
     if kind == 0 or not shape:
         return tuple(shape)
     if kind == 1:
         return tuple(d if rng.random() < 0.5 else 1 for d in shape)
     if kind == 2:
         return tuple(shape[int(rng.integers(0, len(shape))) :])
-    return (1,)
+    if kind == 3:
+        return (1,)
+    if kind == 4:
+        return ()
+    if kind == 5:  # outer product: new extents where ``shape`` has 1, 1 where it does not
+        return tuple(int(rng.integers(2, 6)) if d == 1 else 1 for d in shape)
+    return tuple(int(rng.integers(2, 6)) if d == 1 else (d if rng.random() < 0.5 else 1)
+                 for d in shape)  # fmt: skip
 
 
-def _other_input(g: _Gen, x: T, shape) -> T:
+def _other_input(g: _Gen, x: T, shape, scale: float | None = None) -> T:
     """Second operand: a graph input, sometimes a constant, in its own quantization."""
-    s, z = g.scale(), g.zp(x.dtype)
+    s, z = (g.scale() if scale is None else scale), g.zp(x.dtype)
     if g.rng.random() < 0.2:
         lo, hi = dtype_range(x.dtype)
         data = g.rng.integers(lo, hi + 1, size=shape)
@@ -287,7 +301,10 @@ def _binary(op: str):
         if len(x.shape) > 4 or not x.shape:
             return None
         bshape = _broadcast_shape(g, x.shape)
-        b = _other_input(g, x, bshape)
+        # ~30% ADD/SUB with scale ratios that put many results on rounding ties
+        ties = op != "MUL" and g.rng.random() < 0.3
+        ratio = float(g.rng.choice([0.5, 0.7, 1.0, 1.4, 2.0]))
+        b = _other_input(g, x, bshape, x.scale * ratio if ties else None)
         a = x
         if g.rng.random() < 0.3:
             a, b = b, a
@@ -302,6 +319,8 @@ def _binary(op: str):
         shape = np.broadcast_shapes(a.shape, b.shape)
         act = g.act()
         s, z = g.out_quant(*_after_act(act, flo, fhi), x.dtype)
+        if ties:
+            s = max(a.scale, b.scale) * float(g.rng.choice([1.0, 2.0, 4.0]))
         # Stay out of LiteRT's int16 wraparound regime of its SIMD ADD/MUL loops.
         reach = 32000 - abs(z)
         if op == "MUL":
@@ -513,9 +532,58 @@ def gen_quantize(g: _Gen, x: T) -> T | None:
 
 
 def gen_dequantize(g: _Gen, x: T) -> T | None:
+    if x.shape and g.rng.random() < 0.3:
+        x = _per_channel_input(g, x)
     y = g.tensor(x.shape, "float32")
     g.mb.add_op("DEQUANTIZE", [x.idx], [y.idx])
     return y
+
+
+def _per_channel_input(g: _Gen, x: T) -> T:
+    """A new graph input like ``x`` but quantized per channel along a random axis."""
+    axis = int(g.rng.integers(0, len(x.shape)))
+    n = x.shape[axis]
+    scales = [float(np.float32(g.scale())) for _ in range(n)]
+    zps = [g.zp(x.dtype) for _ in range(n)]
+    idx = g.mb.add_tensor(
+        g.name("pc"), x.shape, x.dtype, scale=scales, zero_point=zps, quantized_dimension=axis
+    )
+    g.inputs.append(idx)
+    g.specs.append(InputSpec(x.shape, x.dtype))
+    return T(idx, x.shape, x.dtype, scales[0], zps[0])
+
+
+def gen_expand_dims(g: _Gen, x: T) -> T | None:
+    rank = len(x.shape)
+    if rank > 4:
+        return None
+    axis = int(g.rng.integers(-rank - 1, rank + 1))
+    shape = list(x.shape)
+    shape.insert(axis if axis >= 0 else rank + 1 + axis, 1)
+    y = g.like(x, shape)
+    g.mb.add_op("EXPAND_DIMS", [x.idx, g.const(np.array([axis]))], [y.idx])
+    return y
+
+
+def _resize(op: str):
+    def gen(g: _Gen, x: T) -> T | None:
+        if len(x.shape) != 4 or (op == "RESIZE_BILINEAR" and x.dtype == "uint8"):
+            return None  # uint8 RESIZE_BILINEAR is float32 arithmetic in LiteRT: rejected
+        rng = g.rng
+        n, h, w, c = x.shape
+        if rng.random() < 0.3:
+            oh, ow = 2 * h, 2 * w
+        else:
+            oh, ow = (int(v) for v in rng.integers(1, 2 * max(h, w) + 4, size=2))
+        ac, hp = [(False, False), (True, False), (False, True)][int(rng.integers(0, 3))]
+        if op == "RESIZE_NEAREST_NEIGHBOR" and rng.random() < 0.2:
+            ac = hp = True
+        y = g.like(x, (n, oh, ow, c))
+        size = g.const(np.array([oh, ow]))
+        g.mb.add_op(op, [x.idx, size], [y.idx], align_corners=ac, half_pixel_centers=hp)
+        return y
+
+    return gen
 
 
 def gen_strided_slice(g: _Gen, x: T) -> T | None:
@@ -649,6 +717,9 @@ GENERATORS: dict[str, Callable[[_Gen, T], T | None]] = {
     "PACK": gen_pack,
     "TRANSPOSE": gen_transpose,
     "SPLIT": gen_split,
+    "EXPAND_DIMS": gen_expand_dims,
+    "RESIZE_NEAREST_NEIGHBOR": _resize("RESIZE_NEAREST_NEIGHBOR"),
+    "RESIZE_BILINEAR": _resize("RESIZE_BILINEAR"),
 }
 #: pseudo-op: a float32 graph input quantized by QUANTIZE at the model's edge
 FLOAT_QUANTIZE = "QUANTIZE(float)"
@@ -696,7 +767,10 @@ def _start(g: _Gen, dtype: str, float_input: bool, rank4: bool) -> T:
     return g.graph_input(shape, dtype, g.scale(), g.zp(dtype))
 
 
-_NEEDS_4D = {"CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "MAX_POOL_2D"}
+_NEEDS_4D = {
+    "CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "MAX_POOL_2D", "RESIZE_NEAREST_NEIGHBOR",
+    "RESIZE_BILINEAR",
+}  # fmt: skip
 
 
 def make_case(index: int, seed: int, ops: list[str], n_ops: int = 1) -> FuzzCase | None:
