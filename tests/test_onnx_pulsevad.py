@@ -30,6 +30,9 @@ from tvm_qnn_ext.transform.qdq_to_qnn import QDQRewriteError  # noqa: E402
 
 MODEL_FILE = "pulsevad/data/pulsevad_2.1k_int8.onnx"
 SAMPLES = 100
+# The pipeline's QDQToQNN stage defaults to TFLite rules, which would give the model's input
+# quantize LiteRT's rounding; ONNX's is TVM's R.quantize (x / s, ties to even).
+ONNX_PIPELINE = {"qdq_framework": "onnx"}
 
 # Measured here (x86-64, onnxruntime 1.32): step differences -> element counts over the
 # 100 x 2 logits, and over all 25 quantized tensors (24 intermediates + logits) on 100 inputs.
@@ -105,7 +108,8 @@ def _output_scale(model) -> float:
 
 def test_logits_within_one_step_of_onnxruntime(model_path):
     model = onnx.load(str(model_path))
-    compiled = compile_model(model_path)  # the .onnx branch of load_source; batch 1
+    # The .onnx branch of load_source; batch 1.
+    compiled = compile_model(model_path, pipeline_options=ONNX_PIPELINE)
     sessions = _sessions(model)
     scale = _output_scale(model)
     xs = log_mel_inputs(SAMPLES, seed=0)
@@ -134,27 +138,58 @@ def _with_quantized_outputs(model):
     return m, names
 
 
-def test_every_quantized_tensor_within_one_step(model_path):
-    """All 25 QuantizeLinear outputs (the int8 tensors between layers), batch 4."""
+@pytest.fixture(scope="module")
+def with_intermediates(model_path):
+    """(model with every quantized tensor as an output, their names, compiled at batch 4)."""
     model, names = _with_quantized_outputs(onnx.load(str(model_path)))
     mod = from_onnx(model, batch=4, hard_fail=True)
-    compiled = compile_model(mod)
-    sessions = _sessions(model)
-    xs = log_mel_inputs(SAMPLES, seed=1).reshape(-1, 4, 64, 21)
+    return model, names, compile_model(mod, pipeline_options=ONNX_PIPELINE)
+
+
+def _compare_quantized(with_intermediates, batches: np.ndarray) -> dict[str, np.ndarray]:
+    """Step differences of every quantized tensor, per onnxruntime session."""
+    model, names, compiled = with_intermediates
     out_names = [o.name for o in model.graph.output]
-    for name, sess in sessions.items():
+    result = {}
+    for name, sess in _sessions(model).items():
         per_tensor = {n: [] for n in names}
-        for x in xs:
+        for x in batches:
             ours = dict(zip(out_names, compiled(x), strict=True))
             theirs = dict(zip(out_names, sess.run(None, {"log_mel": x}), strict=True))
             for n in names:
                 per_tensor[n].append(_steps(ours[n], theirs[n]))
-        steps = np.concatenate([np.concatenate(v) for v in per_tensor.values()])
+        result[name] = {n: np.concatenate(v) for n, v in per_tensor.items()}
+    return result
+
+
+def test_every_quantized_tensor_within_one_step(with_intermediates):
+    """All 25 QuantizeLinear outputs (the int8 tensors between layers)."""
+    xs = log_mel_inputs(SAMPLES, seed=1).reshape(-1, 4, 64, 21)
+    for name, per_tensor in _compare_quantized(with_intermediates, xs).items():
+        steps = np.concatenate(list(per_tensor.values()))
         hist = _histogram(steps)
         _report(f"quantized tensors vs onnxruntime {name}", hist)
-        worst = {n: int(np.concatenate(v).max()) for n, v in per_tensor.items()}
+        worst = {n: int(v.max()) for n, v in per_tensor.items()}
         assert max(hist) <= 1, f"{name}: tensors more than one step off: {worst}"
         assert hist.get(0, 0) / steps.size >= 0.99, hist
+
+
+def test_input_quantize_rounds_ties_to_even(with_intermediates, model_path):
+    """Inputs on exact rounding ties: QuantizeLinear divides in float32 and rounds half to
+    even, and so must the compiled model's input quantize."""
+    model = onnx.load(str(model_path))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    scale = np.float32(inits["log_mel_scale"])
+    rng = np.random.default_rng(2)
+    k = rng.integers(-120, 120, (8, 4, 64, 21)).astype(np.float32)
+    ties = ((k + np.float32(0.5)) * scale).astype(np.float32)
+    exact = (ties / scale).astype(np.float32) == k + np.float32(0.5)
+    assert exact.mean() > 0.5  # most are exact float32 ties
+    xs = np.where(exact, ties, log_mel_inputs(32, seed=3).reshape(8, 4, 64, 21))
+    first = "log_mel_QuantizeLinear_Output"
+    for name, per_tensor in _compare_quantized(with_intermediates, xs).items():
+        assert per_tensor[first].max() == 0, f"{name}: input quantize differs on ties"
+        assert max(int(v.max()) for v in per_tensor.values()) <= 1
 
 
 _FLOAT = re.compile(r".*(?:float|bfloat|half).*")
