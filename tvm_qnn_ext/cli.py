@@ -102,7 +102,12 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    print(_import(_model_file(args.model)).script())
+    from .target import resolve_target
+    from .transform.explain import explain
+
+    mod = _import(_model_file(args.model))
+    options = {"allow_inexact": True} if args.allow_inexact else {}
+    print(explain(mod, resolve_target(args.target), args.full, args.max_lines, **options))
     return 0
 
 
@@ -278,7 +283,12 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("action", choices=("fetch", "list"))
     m.add_argument("--cache", help="cache directory (default $TVM_QNN_CACHE or ~/.cache/...)")
     m.add_argument("--force", action="store_true", help="download again even if cached")
-    add("explain", cmd_explain, "print the imported QNN Relax IR", target=False)
+    e = add("explain", cmd_explain, "the imported QNN IR and what each pipeline stage changed")
+    e.add_argument("--full", action="store_true", help="print each stage's whole resulting IR")
+    e.add_argument("--max-lines", type=int, default=40, help="changed lines shown per stage")
+    e.add_argument(
+        "--allow-inexact", action="store_true", help="rewrite float chains not proven exact"
+    )
     c = add("compile", cmd_compile, "compile a model to a shared library")
     c.add_argument("-o", "--output", required=True, metavar="OUT.so")
     r = sub.add_parser("run", help="run a compiled .so or a model on .npy inputs")

@@ -74,7 +74,7 @@ def FoldBiasAdd() -> tvm.transform.Pass:  # noqa: N802  (named like a TVM pass)
     return block_pass("FoldBiasAdd", _rewrite)
 
 
-@pipeline_stage(STAGE, order=21)
+@pipeline_stage(STAGE, order=15)
 def _stage(target: tvm.target.Target, options: dict) -> tvm.transform.Pass:
     """add(qnn.conv2d / qnn.dense, int32 constant) -> the op's bias."""
     return FoldBiasAdd()

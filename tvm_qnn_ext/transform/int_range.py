@@ -52,6 +52,8 @@ def _from_producer(value: relax.Expr, defs: dict, depth: int) -> Range | None:
         lo = max(lo, int(value.attrs["out_min"])) if "out_min" in keys else lo
         hi = min(hi, int(value.attrs["out_max"])) if "out_max" in keys else hi
         return lo, hi
+    if name in ("qnn.conv2d", "qnn.dense"):
+        return _accumulator(value, defs, depth)
     if name == "relax.astype":
         lo, hi = arg(0)
         to = str(value.attrs.dtype)
@@ -86,3 +88,22 @@ def _from_producer(value: relax.Expr, defs: dict, depth: int) -> Range | None:
         highs = [int(a1) >> int(b) for b in (b0, b1)]
         return float(min(lows)), float(max(highs))
     return None
+
+
+def _accumulator(call: relax.Call, defs: dict, depth: int) -> Range | None:
+    """|acc| <= sum |w - zp_w| * max |x - zp_x| + |bias| per output channel (constant weights)."""
+    w = constant(call.args[1])
+    bias = constant(call.args[2]) if len(call.args) > 2 else np.zeros(1)
+    if w is None or bias is None:
+        return None
+    if call_name(call) == "qnn.conv2d":
+        out_axis = str(call.attrs["kernel_layout"]).index("O")
+    else:
+        out_axis = 0 if str(call.attrs["weight_layout"]) == "NK" else 1
+    zp_w = np.asarray([int(v) for v in call.attrs["kernel_zero_point"]], dtype=np.int64)
+    w = np.moveaxis(w.astype(np.int64), out_axis, 0).reshape(w.shape[out_axis], -1)
+    zp_x = int(call.attrs["input_zero_point"])
+    lo, hi = value_range(call.args[0], defs, depth)
+    x_max = max(abs(lo - zp_x), abs(hi - zp_x))
+    bound = np.abs(w - zp_w.reshape(-1, 1)).sum(axis=1) * x_max + np.abs(bias.astype(np.int64))
+    return -float(bound.max()), float(bound.max())
