@@ -7,6 +7,7 @@ import numpy as np
 from tvm import relax
 
 from .. import op as qnn
+from ..quantization import dtype_range, round_half_away
 from .qdq_rules_tflite import TFLITE, act_bounds
 from .qdq_to_qnn import (
     NotRewritable,
@@ -211,3 +212,53 @@ def integer_avg_pool(ctx: RewriteContext, binding: relax.VarBinding) -> relax.Ex
         rounding="tflite",
         count_include_pad=bool(a.count_include_pad),
     )
+
+
+# qnn ops whose attributes carry saturation bounds a following int8 clip can fold into.
+_BOUNDED = (
+    "qnn.requantize",
+    "qnn.add",
+    "qnn.subtract",
+    "qnn.multiply",
+    "qnn.avg_pool2d",
+    "qnn.max_pool2d",
+)
+# TVM's fused activations quantize these reals with Python's round (half to even, in float64);
+# LiteRT's CalculateActivationRangeQuantized rounds half away from zero in float32.
+_LOWER_REALS = (0.0, -1.0)  # RELU/RELU6, RELU_N1_TO_1
+_UPPER_REALS = (6.0, 1.0)  # RELU6, RELU_N1_TO_1
+
+
+def _litert_bound(bound: int, q, reals, pick) -> int:
+    lo, hi = dtype_range(q.dtype)
+    for real in reals:
+        if bound == pick(lo, hi, round(real / q.s) + q.zp):
+            return pick(lo, hi, q.zp + int(round_half_away(np.float32(real) / np.float32(q.s))))
+    return bound
+
+
+@qdq_binding_rule("relax.clip", framework=TFLITE)
+def fold_clip(ctx: RewriteContext, binding: relax.VarBinding) -> relax.Expr | None:
+    """TVM's fused activation, an int8 clip after the quantize, becomes the bounds of the QNN
+    op that the quantize was rewritten into."""
+    clip = binding.value
+    src = clip.args[0]
+    quantize = ctx.call(src, "relax.quantize")
+    producer = ctx.rewritten(src)
+    if quantize is None or op_name(producer) not in _BOUNDED or not ctx.single_use(src):
+        return None
+    q = ctx.qparams(quantize, dtype_of(quantize))
+    if q.per_axis or dtype_of(clip) not in ("int8", "uint8"):
+        return None
+    lo_c, hi_c = (float(ctx.scalar(a, "clip bound")[0]) for a in clip.args[1:3])
+    if lo_c != int(lo_c) or hi_c != int(hi_c):
+        return None
+    lo = _litert_bound(int(lo_c), q, _LOWER_REALS, lambda lo, hi, v: max(lo, v))
+    hi = _litert_bound(int(hi_c), q, _UPPER_REALS, lambda lo, hi, v: min(hi, v))
+    attrs = dict(producer.attrs.items())
+    if attrs.get("out_min") is not None:
+        lo = max(lo, int(attrs["out_min"]))
+    if attrs.get("out_max") is not None:
+        hi = min(hi, int(attrs["out_max"]))
+    attrs.update(out_min=lo, out_max=hi)
+    return relax.Call(producer.op, producer.args, attrs=attrs)

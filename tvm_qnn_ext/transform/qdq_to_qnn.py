@@ -165,6 +165,7 @@ class RewriteContext:
         self.framework = framework
         self.bindings: dict[relax.Var, relax.Expr] = {}
         self.uses: dict[relax.Var, int] = {}
+        self.emitted: list[str] = []  # ops emitted by the rule running now, for the report
 
     # -- looking at the original graph -------------------------------------------------------
     def value(self, expr: relax.Expr) -> relax.Expr:
@@ -191,6 +192,8 @@ class RewriteContext:
         v = self.value(expr)
         if isinstance(v, GenericConst):
             return v.value.numpy()
+        if isinstance(v, (tvm.tirx.IntImm, tvm.tirx.FloatImm)):
+            return np.asarray(v.value)  # e.g. clip bounds
         name = op_name(v)
         if name in _CONST_FOLDERS:
             inner = self.constant(v.args[0])
@@ -253,7 +256,13 @@ class RewriteContext:
         """``expr`` (from the original graph) as it is in the rewritten function."""
         return self._mutator.visit_expr(expr)
 
+    def rewritten(self, expr: relax.Expr) -> relax.Expr | None:
+        """The value now bound to ``expr``'s rewritten var (None for inputs and constants)."""
+        new = self.use(expr)
+        return self._mutator.lookup_binding(new) if isinstance(new, relax.Var) else None
+
     def emit(self, expr: relax.Expr) -> relax.Var:
+        self.emitted.append(op_name(expr) or "value")
         return self._mutator.builder_.emit(expr)
 
 
@@ -348,11 +357,13 @@ class _Rewriter(relax.PyExprMutator):
             if self.ops is not None and anchor_name not in self.ops:
                 raise NotRewritable(f"{anchor_name} is not in the op allow-list")
             out = ctx.qparams(call, str(call.attrs.out_dtype))
+            ctx.emitted = []
             new = rule(Region(anchor, out, ctx, act))
         except NotRewritable as e:
             self.why[binding.var] = f"{anchor_name} -> quantize: {e}"
             return None
-        report(STAGE, f"{binding.var.name}: {anchor_name} -> {op_name(new) or 'integer ops'}")
+        ops = " + ".join([*ctx.emitted, op_name(new) or "its integer input"])
+        report(STAGE, f"{binding.var.name}: {anchor_name} region -> {ops}")
         return new
 
 
