@@ -1,4 +1,5 @@
-"""qnn.add, qnn.subtract and qnn.multiply: quantized elementwise arithmetic with broadcasting.
+"""qnn.add, qnn.subtract, qnn.multiply and qnn.prelu: quantized elementwise arithmetic with
+broadcasting.
 
 The arithmetic of each rounding mode is documented in
 :mod:`tvm_qnn_ext.quantization.elementwise` (the numpy reference).  ``tflite`` is TFLite's
@@ -122,6 +123,26 @@ def multiply(
 ) -> relax.Call:
     """Quantized ``lhs * rhs`` (numpy broadcasting)."""
     return _make("qnn.multiply", **locals())
+
+
+def prelu(
+    lhs: relax.Expr,
+    rhs: relax.Expr,
+    *,
+    lhs_scale: float,
+    lhs_zero_point: int,
+    rhs_scale: float,
+    rhs_zero_point: int,
+    output_scale: float,
+    output_zero_point: int,
+    out_dtype: str = "int8",
+    rounding: str = "tflite",
+    out_min: int | None = None,
+    out_max: int | None = None,
+) -> relax.Call:
+    """TFLite's quantized PRELU of input ``lhs`` with slope ``rhs`` (broadcast); integer
+    rounding modes only."""
+    return _make("qnn.prelu", **locals())
 
 
 def _is_one(d) -> bool:
@@ -255,6 +276,13 @@ def _arith(kind: str, v: dict, where: str):
     computed here, eagerly, so type inference reports unusable scales."""
     r = v["rounding"]
     mbqm = fp.multiply_by_quantized_multiplier
+    if kind == "prelu":
+        if r not in INTEGER_MODES:
+            raise QnnTypeError(f"{where}: rounding {r!r} is not supported (integer modes only)")
+        real1, real2 = ref.tflite_prelu_multipliers(v["s1"], v["s2"], v["so"])
+        m1, s1 = _multiplier(real1, r, where)
+        m2, s2 = _multiplier(real2, r, where)
+        return lambda a, b: tirx.Select(a >= fp._i64(0), mbqm(a, m1, s1, r), mbqm(a * b, m2, s2, r))
     if kind == "multiply":
         if r in INTEGER_MODES:
             if r in ("tflite", "tflite_single"):
@@ -369,3 +397,8 @@ class Subtract(_Binary):
 @register_op("qnn.multiply", 2, "Quantized elementwise multiplication with broadcasting")
 class Multiply(_Binary):
     legalize = staticmethod(_legalize("multiply"))
+
+
+@register_op("qnn.prelu", 2, "TFLite quantized PRELU: input and broadcast slope")
+class Prelu(_Binary):
+    legalize = staticmethod(_legalize("prelu"))

@@ -102,6 +102,18 @@ def tflite_mul_multiplier(lhs_scale: float, rhs_scale: float, output_scale: floa
     return np.float32(np.float32(lhs_scale) * np.float32(rhs_scale)) / np.float32(output_scale)
 
 
+def tflite_prelu_multipliers(
+    input_scale: float, alpha_scale: float, output_scale: float
+) -> tuple[float, float]:
+    """PRELU's two rescales as TFLite's Prepare forms them from float32 scales in float32:
+    ``s_in / s_out`` (x >= zero point) and ``s_in * s_alpha / s_out`` (x below it)."""
+    f32 = np.float32
+    return (
+        float(f32(input_scale) / f32(output_scale)),
+        float(tflite_mul_multiplier(input_scale, alpha_scale, output_scale)),
+    )
+
+
 def relay_mul_multiplier(lhs_scale: float, rhs_scale: float, output_scale: float) -> float:
     """Relay's qnn.mul: the product scale is float32, the division is in double."""
     return float(np.float32(np.float32(lhs_scale) * np.float32(rhs_scale))) / float(
@@ -164,7 +176,9 @@ def _binary(
     lo, hi = activation_bounds(out_dtype, out_min, out_max, where)
     a = lhs.astype(np.int64) - z1
     b = rhs.astype(np.int64) - z2
-    if kind == "multiply":
+    if kind == "prelu":
+        y = _prelu(a, b, s1, s2, so, rounding)
+    elif kind == "multiply":
         y = _multiply(a * b, s1, s2, so, rounding)
     elif rounding in ("tflite", "tflite_single"):
         loop = None
@@ -304,6 +318,19 @@ def _multiply(prod: np.ndarray, s1, s2, so, rounding) -> np.ndarray:
     return multiply_by_quantized_multiplier(prod, m, s, rounding).astype(np.int64)
 
 
+def _prelu(a, b, s1, s2, so, rounding) -> np.ndarray:
+    if rounding not in INTEGER_MODES:
+        raise ValueError(f"qnn.prelu: rounding {rounding!r} is not supported (integer modes only)")
+    (m1, m2), (sh1, sh2) = quantize_multiplier(
+        np.array(tflite_prelu_multipliers(s1, s2, so)), rounding
+    )
+    _check_shifts(np.array([sh1, sh2]), "qnn.prelu")
+    a, b = np.broadcast_arrays(a, b)
+    pos = multiply_by_quantized_multiplier(a, m1, sh1, rounding).astype(np.int64)
+    neg = multiply_by_quantized_multiplier(a * b, m2, sh2, rounding).astype(np.int64)
+    return np.where(a >= 0, pos, neg)
+
+
 def add(
     lhs,
     rhs,
@@ -428,3 +455,24 @@ def concatenate(
         return np.concatenate(parts, axis=axis)
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
+
+
+def prelu(
+    lhs,
+    rhs,
+    *,
+    lhs_scale,
+    lhs_zero_point,
+    rhs_scale,
+    rhs_zero_point,
+    output_scale,
+    output_zero_point,
+    out_dtype: str = "int8",
+    rounding: str = "tflite",
+    out_min: int | None = None,
+    out_max: int | None = None,
+) -> np.ndarray:
+    """TFLite's quantized PRELU of input ``lhs`` with slope ``rhs`` (broadcast): ``x - zp`` at
+    or above zero is rescaled by ``s_in / s_out``, below zero ``(x - zp) * (alpha - zp_a)`` by
+    ``s_in * s_alpha / s_out`` (:func:`tflite_prelu_multipliers`)."""
+    return _binary("prelu", **locals())

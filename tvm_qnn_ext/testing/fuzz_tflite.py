@@ -337,6 +337,35 @@ def _binary(op: str):
     return gen
 
 
+def gen_prelu(g: _Gen, x: T) -> T | None:
+    """PRELU with a slope broadcast along some dims (per channel, per element or one value),
+    a constant 70% of the time."""
+    if not x.shape or len(x.shape) > 4:
+        return None
+    rng = g.rng
+    kind = int(rng.integers(0, 4))
+    if kind == 0:
+        ashape = tuple(x.shape)
+    elif kind == 1:
+        ashape = tuple(x.shape[-1:])
+    elif kind == 2:
+        ashape = tuple(d if rng.random() < 0.5 else 1 for d in x.shape)
+    else:
+        ashape = (1,)
+    sa, za = g.scale(1 / 512, 1 / 32), g.zp(x.dtype)
+    if rng.random() < 0.7:
+        lo, hi = dtype_range(x.dtype)
+        data = rng.integers(lo, hi + 1, size=ashape)
+        alpha = T(g.qconst(data, x.dtype, sa, za), ashape, x.dtype, sa, za)
+    else:
+        alpha = g.graph_input(ashape, x.dtype, sa, za)
+    (xlo, xhi), (alo, ahi) = x.frange, alpha.frange
+    negs = [xlo * alo, xlo * ahi]
+    y = g.out_like(x, min(0.0, *negs), max(xhi, *negs), x.shape)
+    g.mb.add_op("PRELU", [x.idx, alpha.idx], [y.idx])
+    return y
+
+
 def _pool(op: str):
     def gen(g: _Gen, x: T) -> T | None:
         if len(x.shape) != 4:
@@ -720,6 +749,7 @@ GENERATORS: dict[str, Callable[[_Gen, T], T | None]] = {
     "EXPAND_DIMS": gen_expand_dims,
     "RESIZE_NEAREST_NEIGHBOR": _resize("RESIZE_NEAREST_NEIGHBOR"),
     "RESIZE_BILINEAR": _resize("RESIZE_BILINEAR"),
+    "PRELU": gen_prelu,
 }
 #: pseudo-op: a float32 graph input quantized by QUANTIZE at the model's edge
 FLOAT_QUANTIZE = "QUANTIZE(float)"

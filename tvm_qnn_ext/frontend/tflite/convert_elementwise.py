@@ -1,8 +1,9 @@
-"""ADD, SUB and MUL with TFLite's integer rescaling."""
+"""ADD, SUB, MUL and PRELU with TFLite's integer rescaling."""
 
 from __future__ import annotations
 
 from ... import op as qnn
+from ...op.elementwise import prelu
 from ...quantization.elementwise import LITERT_ADD_LANES
 from .common import activation_range, check_fused
 from .importer import Context, converter, quantized_io
@@ -45,5 +46,37 @@ def convert_binary(ctx: Context, op: Operator):
         out_min=lo,
         out_max=hi,
         **extra,
+    )
+    return [ctx.emit(call)]
+
+
+def _check_prelu(ctx: Context, op: Operator) -> str | None:
+    reason = quantized_io(ctx, op)
+    if reason:
+        return reason
+    x, alpha, out = (ctx.tensor(i) for i in (op.inputs[0], op.inputs[1], op.outputs[0]))
+    if alpha.dtype != x.dtype or out.dtype != x.dtype:
+        return f"input {x.dtype}, alpha {alpha.dtype} and output {out.dtype} must match"
+    if alpha.quant is None or alpha.quant.per_axis:
+        return "alpha needs per-tensor quantization parameters"
+    if x.quant.per_axis or out.quant.per_axis:
+        return "per-axis input or output quantization"
+    return None
+
+
+@converter("PRELU", check=_check_prelu)
+def convert_prelu(ctx: Context, op: Operator):
+    qx, qa, qo = (ctx.quant(i) for i in (op.inputs[0], op.inputs[1], op.outputs[0]))
+    call = prelu(
+        ctx.expr(op.inputs[0]),
+        ctx.expr(op.inputs[1]),
+        lhs_scale=qx.scale[0],
+        lhs_zero_point=int(qx.zero_point[0]),
+        rhs_scale=qa.scale[0],
+        rhs_zero_point=int(qa.zero_point[0]),
+        output_scale=qo.scale[0],
+        output_zero_point=int(qo.zero_point[0]),
+        out_dtype=ctx.tensor(op.outputs[0]).dtype,
+        rounding="tflite",
     )
     return [ctx.emit(call)]
