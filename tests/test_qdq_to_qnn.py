@@ -259,6 +259,21 @@ def test_real_model_matches_litert(models, name):
     compare_with_litert(models[name].read_bytes(), samples=20)
 
 
+def test_tvm_lowering_alone_is_not_exact(models):
+    """The check above is not vacuous: TVM's own float lowering of the same QDQ graph (no
+    QDQToQNN) differs from LiteRT on this model (20 of 240 output elements, measured)."""
+    model = models["keyword_spotting"].read_bytes()
+    mod = tvm_import(model)
+    plain = CompiledModel(tvm.compile(mod, resolve_target("native")), specs(mod["main"]))
+    ins, _ = io_specs(model)
+    runner, rng = litert(model), np.random.default_rng(0)
+    differ = 0
+    for _ in range(20):
+        xs = [random_input(s, rng) for s in ins]
+        differ += int(np.sum(runner(xs)[0] != plain(*xs)[0]))
+    assert differ > 0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", TVM_IMPORTABLE)
 def test_real_model_matches_litert_100(models, name):
@@ -297,7 +312,18 @@ def _float_edges_only(mod: tvm.IRModule) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("name", ["image_example1", "keyword_spotting_on_off_v3"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "image_example1",  # float input and output: QUANTIZE/DEQUANTIZE at the edges
+        "keyword_spotting",  # int8 input and output
+        *(
+            pytest.param(n, marks=pytest.mark.slow)
+            for n in TVM_IMPORTABLE
+            if n not in ("image_example1", "keyword_spotting")
+        ),
+    ],
+)
 def test_compiled_tir_is_integer_only_between_the_edges(models, name):
     mod = tvm_import(models[name].read_bytes())
     lowered, _ = run_stages(mod, resolve_target("native"), qdq_hard_fail=True)

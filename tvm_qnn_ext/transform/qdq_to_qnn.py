@@ -360,7 +360,10 @@ class _Rewriter(relax.PyExprMutator):
             ctx.emitted = []
             new = rule(Region(anchor, out, ctx, act))
         except NotRewritable as e:
-            self.why[binding.var] = f"{anchor_name} -> quantize: {e}"
+            why = f"{anchor_name} -> quantize: {e}"
+            for var in (binding.var, call.args[0], src):
+                if isinstance(var, relax.Var):
+                    self.why.setdefault(var, why)
             return None
         ops = " + ".join([*ctx.emitted, op_name(new) or "its integer input"])
         report(STAGE, f"{binding.var.name}: {anchor_name} region -> {ops}")
