@@ -1,11 +1,15 @@
-"""Pre-quantized QDQ ONNX models -> QNN dialect.
+"""Pre-quantized QDQ (and QOperator) ONNX models -> QNN dialect.
 
 TVM's own importer (``tvm.relax.frontend.onnx.from_onnx``) reads the model into
 ``R.dequantize -> float op -> R.quantize`` form with every dynamic dimension fixed to a static
-size; ONNX ops it cannot read are added through :data:`EXTRA_CONVERTERS`; then the ONNX QDQ
+size; ops it cannot read (QLinearConv, QLinearMatMul, com.microsoft QLinearAdd/QGemm, and any
+in :data:`EXTRA_CONVERTERS`) are expanded to that form by our converters; then QDQToQNN's ONNX
 rules (:mod:`tvm_qnn_ext.transform.qdq_rules_onnx`) rewrite each region into integer QNN ops.
-The input quantize and output dequantize stay as TVM's ``R.quantize``/``R.dequantize``, which
-compute exactly what ONNX specifies (``x / s`` rounded half to even, saturated; ``(q - zp) * s``).
+
+The model's input quantize stays TVM's ``R.quantize``, which is exactly ONNX QuantizeLinear
+(``x / s`` in float32, ties to even, saturated).  Compile with
+``pipeline_options={"qdq_framework": "onnx"}``: the pipeline's QDQToQNN stage defaults to TFLite
+rules, which would give that quantize LiteRT's rounding.
 """
 
 from __future__ import annotations
@@ -119,8 +123,15 @@ def static_shapes(
     return result
 
 
-#: ONNX op type -> converter class (TVM's OnnxOpConverter protocol) for ops TVM cannot read.
+#: More converters for ops TVM cannot read: ONNX op type -> a subclass of TVM's
+#: ``OnnxOpConverter`` (``_impl_vN(cls, bb, inputs, attr, params)`` returning Relax).
 EXTRA_CONVERTERS: dict[str, type] = {}
+
+
+def _our_converters() -> dict[str, type]:
+    from .onnx_qoperator import CONVERTERS  # imports TVM's ONNX frontend, hence onnx
+
+    return {**CONVERTERS, **EXTRA_CONVERTERS}
 
 
 @contextlib.contextmanager
@@ -128,9 +139,10 @@ def _extra_converters() -> Iterator[None]:
     from tvm.relax.frontend.onnx import onnx_frontend
 
     original = onnx_frontend._get_convert_map
+    ours = _our_converters()
 
     def extended():
-        return {**original(), **EXTRA_CONVERTERS}
+        return {**original(), **ours}
 
     onnx_frontend._get_convert_map = extended
     try:
@@ -142,7 +154,7 @@ def _extra_converters() -> Iterator[None]:
 def supported_operators() -> list[str]:
     from tvm.relax.frontend.onnx import onnx_frontend
 
-    return sorted({*onnx_frontend._get_convert_map(), *EXTRA_CONVERTERS})
+    return sorted({*onnx_frontend._get_convert_map(), *_our_converters()})
 
 
 def import_relax(model, shapes: Mapping[str, Sequence[int]]) -> tvm.IRModule:
@@ -158,7 +170,7 @@ def import_relax(model, shapes: Mapping[str, Sequence[int]]) -> tvm.IRModule:
             mod = tvm_from_onnx(
                 model, shape_dict={k: list(v) for k, v in shapes.items()}, opset=None
             )
-        except (tvm.error.TVMError, ValueError, KeyError, IndexError, TypeError) as e:
+        except (RuntimeError, ValueError, KeyError, IndexError, TypeError, AssertionError) as e:
             raise OnnxImportError(f"TVM's ONNX importer failed: {type(e).__name__}: {e}") from e
     return mod
 
@@ -172,7 +184,7 @@ def from_onnx(
     allow: Collection[str] | None = None,
     return_report: bool = False,
 ) -> tvm.IRModule | tuple[tvm.IRModule, QDQReport]:
-    """Import a QDQ ONNX model (path, bytes or ModelProto) into the QNN dialect.
+    """Import a quantized ONNX model (path, bytes or ModelProto) into the QNN dialect.
 
     ``shape``/``batch`` fix dynamic input dimensions (see :func:`static_shapes`).
     ``hard_fail`` raises when a quantized region stays in float; ``allow`` limits the rewrite

@@ -121,7 +121,7 @@ def _conv(region: Region, conv: relax.Call, bias_expr) -> relax.Expr:
     x, qi = ctx.input(conv.args[0])
     w, qw, _ = _weight(ctx, conv.args[1])
     channels = w.shape[0]
-    if qw.per_axis and qw.axis != 0:
+    if qw.per_axis and qw.axis % w.ndim != 0:
         raise NotRewritable(f"weight quantized along axis {qw.axis}, not output channels")
     bias = None if bias_expr is None else _bias(ctx, bias_expr, qi, qw, channels)
     strides, dilation = [int(s) for s in a.strides], [int(d) for d in a.dilation]
@@ -157,7 +157,7 @@ def _dense(region: Region, matmul: relax.Call, bias_expr) -> relax.Expr:
     if w.ndim != 2:
         raise NotRewritable(f"matmul weight of rank {w.ndim}")
     out_axis = 0 if transposed else 1
-    if qw.per_axis and qw.axis != out_axis:
+    if qw.per_axis and qw.axis % 2 != out_axis:
         raise NotRewritable(f"weight quantized along axis {qw.axis}, not output units")
     units = w.shape[out_axis]
     bias = None if bias_expr is None else _bias(ctx, bias_expr, qi, qw, units)
