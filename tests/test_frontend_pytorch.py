@@ -1,8 +1,9 @@
 """The PyTorch importer: quantized models compiled with compile_model vs PyTorch's own kernels.
 
-Eager and FX models run on the fbgemm engine and must match ``int_repr()`` bit for bit (the
-x86 engine sends convolutions to oneDNN on AVX512-VNNI CPUs, whose rounding differs).  PT2E
-models have float reference numerics and must agree within one quantization step.
+Eager and FX models, converted under the fbgemm and the x86 engine (whose convolutions run on
+oneDNN on AVX512-VNNI CPUs, with other roundings), must match ``int_repr()`` of every quantized
+tensor bit for bit.  PT2E models have float reference numerics and must agree within one
+quantization step.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from tvm_qnn_ext.testing.batch import Case, run_cases  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 F32 = np.float32
 N_SAMPLES = 100
+
+
+ENGINES = [e for e in ("fbgemm", "x86") if e in torch.backends.quantized.supported_engines]
 
 
 @pytest.fixture(autouse=True)
@@ -70,6 +74,22 @@ def test_epilogue_ops_match_reference():
             )  # fmt: skip
 
         cases.append(Case(inputs, build))
+
+        s_in = float(F32(np.exp(rng.uniform(-5, -1))))
+        s_dnn, ws_dnn = so, ws
+        if t % 2:  # powers of two: exact ties, where adding the zero point first matters
+            s_in, ws_dnn = 2.0 ** -int(rng.integers(3, 8)), 2.0 ** -rng.integers(5, 9, ws.size)
+            s_dnn = float(s_in * ws_dnn.max() * 2 ** int(rng.integers(4, 9)))
+        zo_dnn = int(rng.integers(0, 256))
+        wants.append(ref.onednn_requantize(acc, s_in, ws_dnn, bias, s_dnn, zo_dnn, relu=relu))
+
+        def build_onednn(*v, p=(s_in, ws_dnn, s_dnn, zo_dnn, relu)):
+            return pe.onednn_requantize(
+                v[0], v[1] if len(v) > 1 else None, input_scale=p[0], weight_scales=p[1],
+                output_scale=p[2], output_zero_point=p[3], relu=p[4],
+            )  # fmt: skip
+
+        cases.append(Case(inputs, build_onednn))
 
         width = 64 * (t % 2)  # odd cases: the last 111 % 64 elements take ATen's scalar path
         qa, qb = (rng.integers(0, 256, (3, 37)).astype(np.uint8) for _ in range(2))
@@ -259,7 +279,7 @@ def _randomize_bn(model: torch.nn.Module, seed: int):
 def _eager(model: torch.nn.Module, calib: torch.Tensor, qconfig=None) -> torch.nn.Module:
     model.eval()
     tq.fuse_modules(model, model.fuse, inplace=True)
-    model.qconfig = qconfig or tq.get_default_qconfig("fbgemm")
+    model.qconfig = qconfig or tq.get_default_qconfig(torch.backends.quantized.engine)
     tq.prepare(model, inplace=True)
     with torch.no_grad():
         model(calib)
@@ -271,7 +291,7 @@ def _fx(model: torch.nn.Module, calib: torch.Tensor) -> torch.nn.Module:
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     model.eval()
-    mapping = tq.get_default_qconfig_mapping("fbgemm")
+    mapping = tq.get_default_qconfig_mapping(torch.backends.quantized.engine)
     # Keep the output quantized so its int_repr can be compared.
     config = PrepareCustomConfig().set_output_quantized_indexes([0])
     prepared = prepare_fx(model, mapping, (calib[:1],), prepare_custom_config=config)
@@ -304,6 +324,34 @@ def _float_model(name, seed):
     return model, (3, 16, 16)
 
 
+def _every_quantized_tensor(qmodel, x: torch.Tensor) -> torch.fx.GraphModule:
+    """The model as a GraphModule returning every quantized tensor it computes."""
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    gm = qmodel if isinstance(qmodel, torch.fx.GraphModule) else torch.fx.symbolic_trace(qmodel)
+    ShapeProp(gm).propagate(x[:1])
+    quantized = [
+        n
+        for n in gm.graph.nodes
+        if n.op in ("call_module", "call_function", "call_method")
+        and getattr(n.meta.get("tensor_meta"), "is_quantized", False)
+    ]
+    (output,) = [n for n in gm.graph.nodes if n.op == "output"]
+    output.args = (tuple(quantized),)
+    gm.recompile()
+    return gm
+
+
+def _layer_mismatches(qmodel, x: torch.Tensor, **options) -> tuple[int, list[np.ndarray]]:
+    """(elements differing from PyTorch over every quantized tensor, compiled outputs)."""
+    gm = _every_quantized_tensor(qmodel, x)
+    with torch.no_grad():
+        want = [t.int_repr().numpy() for t in gm(x)]
+    got = compile_model(gm, example_inputs=(x,), **options)(x.numpy())
+    assert len(got) == len(want)
+    return sum(int((g != w).sum()) for g, w in zip(got, want, strict=True)), got
+
+
 def _check_bit_exact(qmodel, x: torch.Tensor):
     compiled = compile_model(qmodel, example_inputs=(x,))
     with torch.no_grad():
@@ -317,16 +365,48 @@ def _check_bit_exact(qmodel, x: torch.Tensor):
     return got
 
 
-@pytest.mark.parametrize("name", ["crepe", "resnet", "mobilenet"])
-@pytest.mark.parametrize("mode", ["eager", "fx"])
-def test_quantized_model_bit_exact(name, mode):
+def _convert(name, mode, engine):
+    torch.backends.quantized.engine = engine
     model, shape = _float_model(name, seed=1)
     calib = _inputs((32,) + shape, seed=2)
-    qmodel = (_eager if mode == "eager" else _fx)(model, calib)
+    return (_eager if mode == "eager" else _fx)(model, calib), shape
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("name", ["crepe", "resnet", "mobilenet"])
+@pytest.mark.parametrize("mode", ["eager", "fx"])
+def test_quantized_model_bit_exact(name, mode, engine):
+    """Every quantized tensor of the model (not only its output) equals PyTorch's."""
+    qmodel, shape = _convert(name, mode, engine)
     x = _inputs((N_SAMPLES,) + shape, seed=3)
-    got = _check_bit_exact(qmodel, x)
+    mismatches, got = _layer_mismatches(qmodel, x)
+    assert mismatches == 0
     # The outputs must not be degenerate (all saturated), or equality would prove little.
-    assert len(np.unique(got[0])) > 20
+    assert len(np.unique(got[-1])) > 20
+
+
+@pytest.mark.skipif(
+    "x86" not in ENGINES or not ref.onednn_conv_applies(0, 1),
+    reason="the x86 engine uses oneDNN convolutions only on Linux with AVX512-VNNI",
+)
+def test_x86_engine_convolutions_are_onednn():
+    """Under "x86" the convs are found to be oneDNN's (linear stays fbgemm); reading them as
+    fbgemm's (engine="fbgemm") is measurably wrong on the same model."""
+    from tvm_qnn_ext.frontend.pytorch import _prepacked_kernel
+
+    qmodel, shape = _convert("resnet", "eager", "x86")
+    torch.backends.quantized.engine = "fbgemm"  # the probe must not depend on the global engine
+    assert _prepacked_kernel(qmodel.conv, conv=True) == "onednn"
+    assert _prepacked_kernel(qmodel.fc, conv=False) == "fbgemm"
+    x = _inputs((N_SAMPLES,) + shape, seed=3)
+    assert _layer_mismatches(qmodel, x, engine="x86")[0] == 0
+    assert _layer_mismatches(qmodel, x, engine="fbgemm")[0] > 0  # measured: 102 of 6.0e6
+
+
+def test_engine_option_is_checked():
+    qmodel, shape = _convert("resnet", "eager", "fbgemm")
+    with pytest.raises(ValueError, match="engine must be one of"):
+        from_pytorch(qmodel, (_inputs((1,) + shape, 0),), engine="onednn")
 
 
 def test_per_tensor_weights_bit_exact():

@@ -252,6 +252,76 @@ def test_conv2d_fbgemm(relu):
         torch.backends.quantized.engine = old
 
 
+needs_onednn = pytest.mark.skipif(
+    "x86" not in ENGINES or not ref.onednn_conv_applies(0, 1),
+    reason="the x86 engine uses oneDNN convolutions only on Linux with AVX512-VNNI",
+)
+
+
+@needs_onednn
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv2d_x86_engine_onednn(relu):
+    """x86 engine, symmetric weights: oneDNN's brgemm / brdgmm depthwise / 1x1 kernels."""
+    old = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "x86"
+    try:
+        rng = np.random.default_rng(40 + relu)
+        op = torch.ops.quantized.conv2d_relu if relu else torch.ops.quantized.conv2d
+        differs_from_fbgemm = 0
+        for t in range(120):
+            kind = t % 4
+            k = int(rng.integers(1, 4))
+            if kind == 1:  # depthwise (brdgmm_dw), multiplier 1 or 2
+                groups = cin = 8 * int(rng.integers(1, 5))
+                cout = cin * int(rng.integers(1, 3))
+            elif kind == 2:
+                groups = int(rng.integers(2, 5))
+                cin, cout = (groups * int(v) for v in rng.integers(1, 5, 2))
+            else:  # kind 3: 1x1 (brgconv_1x1)
+                groups, k = 1, (k if kind == 0 else 1)
+                cin, cout = (int(v) for v in rng.integers(1, 40, 2))
+            h, w = (int(v) for v in rng.integers(k, 14, 2))
+            per_channel = t % 4 != 3
+            tie = t % 3 != 0
+            xs = 2.0 ** -int(rng.integers(3, 8)) if tie else _scale(rng, -5, -1)
+            xzp = int(rng.integers(0, 256)) if t % 7 else 0
+            ozp = int(rng.integers(0, 256)) if t % 5 else 0
+            xq = rng.integers(0, 256, (2, cin, h, w)).astype(np.uint8)
+            wq, ws, wt = _weights(rng, (cout, cin // groups, k, k), per_channel, tie)
+            a = ref.act_times_w_scale(xs, ws)
+            os_ = float(F32(a.max() * [64, 200, 1000, 3.3, 16][t % 5]))
+            bias = _bias(rng, t, a, cout)
+            stride = [int(rng.integers(1, 3))] * 2
+            pad = [int(rng.integers(0, 2))] * 2
+            dil = [int(rng.integers(1, 3)) if h > 2 * k and w > 2 * k else 1] * 2
+            packed = torch.ops.quantized.conv2d_prepack(
+                wt, None if bias is None else torch.from_numpy(bias), stride, pad, dil, groups
+            )
+            want = _ir(op(_qt(xq, xs, xzp), packed, os_, ozp))
+            kw = dict(stride=stride, padding=pad, dilation=dil, groups=groups, relu=relu)
+            got = ref.conv2d(xq, xs, xzp, wq, ws, 0, bias, os_, ozp, kernel="onednn", **kw)
+            np.testing.assert_array_equal(got, want, err_msg=f"case {t}")
+            fb = ref.conv2d(xq, xs, xzp, wq, ws, 0, bias, os_, ozp, per_channel=per_channel, **kw)
+            differs_from_fbgemm += int((fb != want).sum())
+        assert differs_from_fbgemm > 0  # the two engines really round differently here
+    finally:
+        torch.backends.quantized.engine = old
+
+
+def test_onednn_requantize_adds_zero_point_before_rounding():
+    # y = 2.5 exactly: oneDNN rounds 2.5 + 1 = 3.5 -> 4; fbgemm rounds 2.5 -> 2, then + 1 = 3.
+    acc, bias = np.array([5]), None
+    assert ref.onednn_requantize(acc, 0.5, [1.0], bias, 1.0, 1).tolist() == [4]
+    assert ref.fbgemm_requantize(acc, [0.5], bias, 1.0, 1, per_channel=False).tolist() == [3]
+
+
+def test_onednn_conv_dispatch_rule():
+    assert ref.onednn_conv_applies([0, 0], 1, vnni=True, linux=True)
+    assert not ref.onednn_conv_applies([0, 1], 1, vnni=True, linux=True)  # asymmetric weights
+    assert not ref.onednn_conv_applies(0, 101, vnni=True, linux=True)
+    assert not ref.onednn_conv_applies(0, 1, vnni=False, linux=True)
+
+
 @pytest.mark.parametrize("relu", [False, True])
 def test_linear(engine, relu):
     rng = np.random.default_rng(30 + relu)

@@ -3,8 +3,10 @@
 * Eager-mode converted models (``torch.ao.quantization.convert``) are traced with
   ``torch.fx.symbolic_trace``; quantized modules stay leaves and ``FloatFunctional`` calls become
   ``torch.ops.quantized.*`` nodes.  FX-mode models (``convert_fx``) are walked as they are.
-  Both map onto integer ops whose ``rounding="float"`` arithmetic is PyTorch's fbgemm/x86
-  arithmetic (:mod:`tvm_qnn_ext.quantization.pytorch`), so outputs match bit for bit.
+  Both map onto integer ops whose float epilogues are PyTorch's own arithmetic
+  (:mod:`tvm_qnn_ext.quantization.pytorch`), so outputs match bit for bit.  Each quantized conv
+  and linear is matched to the kernel its weights were prepacked for: fbgemm, or oneDNN for
+  convolutions prepacked under the x86 engine on AVX512-VNNI CPUs (see ``engine``).
 * PT2E models (``convert_pt2e``, or a saved ``ExportedProgram``) carry
   ``quantized_decomposed`` quantize/dequantize nodes around float aten ops.  A
   ``dequantize -> conv/linear [-> relu] -> quantize`` region becomes an integer convolution or
@@ -36,8 +38,14 @@ class UnsupportedPyTorchModel(NotImplementedError):
     """The model holds ops this importer cannot translate (all are listed)."""
 
 
+ENGINES = ("auto", "fbgemm", "x86")
+
+
 def from_pytorch(
-    model, example_inputs: Sequence[torch.Tensor] | torch.Tensor | None = None
+    model,
+    example_inputs: Sequence[torch.Tensor] | torch.Tensor | None = None,
+    *,
+    engine: str = "auto",
 ) -> tvm.IRModule:
     """Import a quantized PyTorch model as a QNN IRModule with one function ``main``.
 
@@ -45,7 +53,15 @@ def from_pytorch(
     ``GraphModule`` or a ``torch.export.ExportedProgram``; ``example_inputs`` fix the static
     input shapes (an ExportedProgram's own example inputs are the default).  A float
     (unquantized) model is refused.
+
+    ``engine`` is the ``torch.backends.quantized.engine`` the model was converted under, which
+    decides each conv's kernel (weights are prepacked for one kernel at convert time).  The
+    default ``"auto"`` asks each prepacked conv / linear which kernel it belongs to;
+    ``"fbgemm"`` or ``"x86"`` state it instead (``"x86"`` means oneDNN for symmetric-weight
+    convolutions with ``groups <= 100`` on a Linux CPU with AVX512-VNNI, fbgemm otherwise).
     """
+    if engine not in ENGINES:
+        raise ValueError(f"from_pytorch: engine must be one of {ENGINES}, got {engine!r}")
     if isinstance(model, torch.export.ExportedProgram):
         if example_inputs is None:
             example_inputs = model.example_inputs[0]
@@ -66,7 +82,7 @@ def from_pytorch(
 
     with torch.no_grad():
         ShapeProp(gm).propagate(*example_inputs)
-    return _Converter(gm).convert()
+    return _Converter(gm, engine).convert()
 
 
 def _trace(model: torch.nn.Module) -> torch.fx.GraphModule:
@@ -132,8 +148,9 @@ def _const(a: np.ndarray) -> relax.Constant:
 
 
 class _Converter:
-    def __init__(self, gm: torch.fx.GraphModule):
+    def __init__(self, gm: torch.fx.GraphModule, engine: str = "auto"):
         self.gm = gm
+        self.engine = engine
         self.modules = dict(gm.named_modules())
         self.env: dict[torch.fx.Node, object] = {}
         self.bb = relax.BlockBuilder()
@@ -322,15 +339,42 @@ class _Converter:
                 kernel_zero_point=[int(v) for v in wz] if per_channel else int(wz[0]),
             )
         )
+        relu = isinstance(m, nniq.ConvReLU2d)
+        if self._conv_kernel(node, m, wz) == "onednn":
+            b = m.bias()
+            return pe.onednn_requantize(
+                acc, None if b is None else _const(b.detach().numpy().astype(np.float32)),
+                input_scale=s_in, weight_scales=ws, output_scale=float(m.scale),
+                output_zero_point=int(m.zero_point), axis=1, relu=relu,
+            )  # fmt: skip
         return self._epilogue(
-            acc, m.bias(), s_in, ws, per_channel, float(m.scale), int(m.zero_point), 1,
-            isinstance(m, nniq.ConvReLU2d),
-        )  # fmt: skip
+            acc, m.bias(), s_in, ws, per_channel, float(m.scale), int(m.zero_point), 1, relu
+        )
+
+    def _conv_kernel(self, node, m, weight_zero_points) -> str:
+        """ "fbgemm" or "onednn": the kernel ``m``'s weights were prepacked for."""
+        if self.engine == "fbgemm":
+            return "fbgemm"
+        if self.engine == "x86":
+            return "onednn" if ref.onednn_conv_applies(weight_zero_points, m.groups) else "fbgemm"
+        kernel = _prepacked_kernel(m, conv=True)
+        if kernel not in ("fbgemm", "onednn"):
+            raise UnsupportedPyTorchModel(
+                f"from_pytorch: {node.target} was prepacked for the {kernel} engine; supported "
+                "engines are fbgemm and x86 (convert the model under one of them)"
+            )
+        return kernel
 
     def _m_linear(self, node):
         import torch.ao.nn.intrinsic.quantized as nniq
 
         m = self.modules[node.target]
+        kernel = "fbgemm" if self.engine != "auto" else _prepacked_kernel(m, conv=False)
+        if kernel != "fbgemm":
+            raise UnsupportedPyTorchModel(
+                f"from_pytorch: {node.target} was prepacked for the {kernel} engine; quantized "
+                "linear layers are supported from the fbgemm and x86 engines"
+            )
         x = node.args[0]
         s_in, z_in = _qparams(x)
         w, ws, wz, per_channel = _qweight(m.weight())
@@ -680,6 +724,37 @@ class _Converter:
 
     def _p_linear(self, node):
         return self._p_integer(node, "linear")
+
+
+def _prepacked_kernel(m: torch.nn.Module, conv: bool) -> str:
+    """The kernel a quantized conv / linear module's packed weights belong to.
+
+    PyTorch does not record the engine, but each kernel rejects a qint8 activation with its own
+    message, which names it (conv: "FBGEMM", "ONEDNN", "qnnpack"; linear: fbgemm's message is
+    untagged and oneDNN accepts qint8).  The probe input is tiny and the model is not changed.
+    """
+    packed = m._packed_params
+    if conv:
+        kh, kw = m.kernel_size
+        dh, dw = m.dilation
+        shape = (1, m.in_channels, (kh - 1) * dh + 1, (kw - 1) * dw + 1)
+        op = torch.ops.quantized.conv2d
+    else:
+        packed = packed._packed_params
+        shape = (1, m.in_features)
+        op = torch.ops.quantized.linear
+    probe = torch.quantize_per_tensor(torch.zeros(shape), 1.0, 0, torch.qint8)
+    try:
+        op(probe, packed, 1.0, 0)
+    except Exception as e:  # noqa: BLE001  (the message is what we want)
+        msg = str(e)
+        for tag, kernel in (("FBGEMM", "fbgemm"), ("ONEDNN", "onednn"), ("qnnpack", "qnnpack")):
+            if tag in msg:
+                return kernel
+        if not conv and "Expected input data type QUInt8" in msg:
+            return "fbgemm"
+        return "unknown (pass engine=)"
+    return "unknown (pass engine=)" if conv else "onednn"  # oneDNN linear accepts qint8
 
 
 def _aten_vector_width() -> int:

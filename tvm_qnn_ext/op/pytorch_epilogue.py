@@ -7,6 +7,8 @@ to float32 arithmetic and LLVM contracts a multiply followed by an add into an F
 that have one, so every value PyTorch rounds on its own passes ``llvm.arithmetic.fence``.
 
 * ``qnn.fbgemm_requantize(acc[, bias])``: conv/linear output stage with a float bias.
+* ``qnn.onednn_requantize(acc[, bias])``: the same stage in oneDNN's kernels (PyTorch's x86
+  engine on AVX512-VNNI CPUs).
 * ``qnn.torch_add(lhs, rhs)``: ``quantized::add`` / ``add_relu`` (vectorized path).
 * ``qnn.torch_batch_norm(x)``: ``quantized::batch_norm2d`` (NCHW, per-channel alpha/beta).
 * ``qnn.torch_global_avg_pool(x)``: ``adaptive_avg_pool2d(x, 1)`` on a quantized NCHW tensor.
@@ -19,7 +21,10 @@ from tvm import relax, te, tirx
 
 from ..quantization import dtype_range
 from ..quantization.params import check_scale, check_zero_point
-from ..quantization.pytorch import batch_norm_params  # noqa: F401  (re-exported)
+from ..quantization.pytorch import (
+    batch_norm_params,  # noqa: F401  (re-exported)
+    onednn_scales,
+)
 from .common import attr, expect_dtype, expect_rank, op_name, static_shape, tensor_type
 from .registry import QnnTypeError, make_call, register_op
 
@@ -159,6 +164,97 @@ class FbgemmRequantize:
         if has_bias:
             args.append(call.args[1])
         return bb.call_te(compute, *args, primfunc_name_hint="qnn_fbgemm_requantize")
+
+
+# ---- qnn.onednn_requantize ---------------------------------------------------------------------
+
+
+def onednn_requantize(
+    acc: relax.Expr,
+    bias: relax.Expr | None,
+    *,
+    input_scale: float,
+    weight_scales,
+    output_scale: float,
+    output_zero_point: int,
+    axis: int = 1,
+    relu: bool = False,
+    out_dtype: str = "uint8",
+) -> relax.Call:
+    """int32 accumulator -> quint8 as oneDNN does it, see
+    :func:`tvm_qnn_ext.quantization.pytorch.onednn_requantize`; ``bias`` is float32 or None."""
+    src, w, dst = onednn_scales(input_scale, weight_scales, output_scale)
+    args = [acc] + ([] if bias is None else [bias])
+    return make_call(
+        "qnn.onednn_requantize",
+        args,
+        dict(
+            src_scale=float(src),
+            weight_scales=[float(v) for v in w],
+            dst_multiplier=float(dst),
+            output_zero_point=int(output_zero_point),
+            axis=int(axis),
+            relu=bool(relu),
+            out_dtype=str(out_dtype),
+        ),
+    )
+
+
+@register_op("qnn.onednn_requantize", 2, "oneDNN's float requantization of an int32 accumulator")
+class OnednnRequantize:
+    @staticmethod
+    def infer(call, bb):
+        if len(call.args) not in (1, 2):
+            raise QnnTypeError(f"{op_name(call)}: expected 1 or 2 arguments")
+        ty = tensor_type(call, 0, "accumulator")
+        expect_dtype(call, "accumulator", ty.dtype, ("int32",))
+        out_dtype = str(attr(call, "out_dtype"))
+        expect_dtype(call, "out_dtype", out_dtype, QUINT)
+        check_zero_point(attr(call, "output_zero_point"), out_dtype, op_name(call))
+        shape = static_shape(call, "accumulator", ty)
+        axis = int(attr(call, "axis")) % len(shape)
+        if len(attr(call, "weight_scales")) not in (1, shape[axis]):
+            raise QnnTypeError(
+                f"{op_name(call)}: {len(attr(call, 'weight_scales'))} weight scales for "
+                f"{shape[axis]} channels"
+            )
+        if len(call.args) == 2:
+            bty = tensor_type(call, 1, "bias")
+            expect_dtype(call, "bias", bty.dtype, (F32,))
+            if static_shape(call, "bias", bty) != (shape[axis],):
+                raise QnnTypeError(f"{op_name(call)}: bias must have shape ({shape[axis]},)")
+        return relax.TensorType(ty.shape, out_dtype)
+
+    @staticmethod
+    def legalize(bb, call):
+        shape = [int(d) for d in call.args[0].ty.shape.values]
+        axis = int(attr(call, "axis")) % len(shape)
+        w = np.broadcast_to(np.asarray(attr(call, "weight_scales"), np.float32), (shape[axis],))
+        src = np.float32(attr(call, "src_scale"))
+        dst = np.float32(attr(call, "dst_multiplier"))
+        zp = np.float32(int(attr(call, "output_zero_point")))
+        out_dtype = str(attr(call, "out_dtype"))
+        lo, hi = dtype_range(out_dtype)
+        relu = bool(attr(call, "relu"))
+        has_bias = len(call.args) == 2
+
+        def compute(acc, ws, *bias):
+            def elem(*idx):
+                ch = idx[axis]
+                # each product is fenced: oneDNN rounds every step, no FMA, no reassociation
+                y = _fence(acc(*idx).astype(F32) * _fconst(src))
+                y = _fence(y * ws(ch))
+                if has_bias:
+                    y = y + bias[0](ch)
+                if relu:
+                    y = tirx.max(y, _fconst(0.0))
+                y = _fence(y * _fconst(dst))
+                return _clamp(_rint_i64(_fence(y + _fconst(zp))), lo, hi, out_dtype)
+
+            return te.compute(acc.shape, elem, name="onednn_requantize")
+
+        args = [call.args[0], _const_array(w, F32)] + ([call.args[1]] if has_bias else [])
+        return bb.call_te(compute, *args, primfunc_name_hint="qnn_onednn_requantize")
 
 
 # ---- qnn.torch_add -----------------------------------------------------------------------------

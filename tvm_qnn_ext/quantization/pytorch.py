@@ -6,10 +6,12 @@ All float arithmetic is IEEE float32 with round-to-nearest-even, as in the AVX2/
 round half to even.  Every formula here was checked against ``torch`` 2.13 ``int_repr()``
 (``tests/test_pytorch_reference.py``).
 
-Engine caveat: with ``torch.backends.quantized.engine = "x86"`` on a CPU with AVX512-VNNI,
-convolutions with symmetric weights and ``groups <= 100`` run on oneDNN instead of fbgemm; oneDNN
-adds the output zero point in float before rounding and scales differently, so about 1e-4 of its
-outputs differ by one from :func:`conv2d`.  ``engine = "fbgemm"`` always runs the fbgemm kernel.
+Engines: ``engine = "fbgemm"`` runs every conv and linear on fbgemm.  ``engine = "x86"`` (the
+default on x86 CPUs) prepacks a convolution for oneDNN instead when the CPU has AVX512-VNNI, the
+OS is Linux, the weights are symmetric (all zero points 0) and ``groups <= 100``
+(:func:`onednn_conv_applies`); oneDNN scales in another order and adds the output zero point in
+float before rounding (:func:`onednn_requantize`).  Linear layers stay on fbgemm under "x86".
+The choice is made when the weight is prepacked (at ``convert`` time), not when the model runs.
 """
 
 from __future__ import annotations
@@ -142,6 +144,78 @@ def fbgemm_requantize(
     return np.clip(r, zp if relu else qmin, qmax).astype(out_dtype)
 
 
+def onednn_scales(input_scale: float, weight_scales, output_scale: float):
+    """The float32 scales PyTorch hands oneDNN for a quantized conv (via ideep >= 3.1):
+    ``src = fl(1 / fl(1 / s_in))``, ``w[c] = float32(s_w[c])`` and the output multiplier
+    ``dst = fl(1 / fl(1 / fl(1 / s_out)))`` (PyTorch passes ``1 / s_out``, ideep inverts it,
+    and oneDNN multiplies by the inverse of that)."""
+    s_in = float(check_scale(input_scale, "input scale").reshape(-1)[0])
+    s_out = float(check_scale(output_scale, "output scale").reshape(-1)[0])
+    src = F32(1.0) / _fl(1.0 / s_in)
+    inv_out = _fl(1.0 / s_out)
+    dst = F32(1.0) / (F32(1.0) / inv_out)
+    w = np.atleast_1d(_scale32(weight_scales, "weight scales"))
+    return F32(src), w, F32(dst)
+
+
+def onednn_requantize(
+    acc: np.ndarray,
+    input_scale: float,
+    weight_scales,
+    bias: np.ndarray | None,
+    output_scale: float,
+    output_zero_point: int,
+    *,
+    axis: int = 1,
+    relu: bool = False,
+    out_dtype: str = "uint8",
+) -> np.ndarray:
+    """oneDNN's int8 convolution epilogue (``brg_conv_fwd`` / ``brdgmm_dw`` / ``brgconv_1x1``
+    on AVX512-VNNI), used by PyTorch's x86 engine; ``acc`` is the exact int32 sum.
+
+    With ``src, w, dst`` from :func:`onednn_scales`, every step rounded to float32 on its own
+    (no FMA): ``y = fl(fl(float32(acc) * src) * w[c])``, ``y = fl(y + bias[c])``, ``relu``:
+    ``max(y, 0)``, ``y = fl(y * dst)``, ``q = clamp(rint(fl(y + zp_out)))`` -- the zero point
+    is added *before* rounding, so ties go to the even *output* value.
+    """
+    acc = np.asarray(acc).astype(np.int64)
+    src, w, dst = onednn_scales(input_scale, weight_scales, output_scale)
+    zp = int(check_zero_point(output_zero_point, out_dtype, "output zero point"))
+    y = (acc.astype(F32) * src).astype(F32)
+    y = (y * _param(w, acc.ndim, axis, F32)).astype(F32)
+    if bias is not None:
+        y = (y + _param(np.asarray(bias, F32), acc.ndim, axis, F32)).astype(F32)
+    if relu:
+        y = np.maximum(y, F32(0))
+    y = (y * dst).astype(F32)
+    return _rint_saturate((y + F32(zp)).astype(F32), out_dtype)
+
+
+def onednn_conv_applies(
+    weight_zero_points, groups: int, *, vnni: bool | None = None, linux: bool | None = None
+) -> bool:
+    """PyTorch's ``should_use_onednn_quant``: does the x86 engine prepack this conv for oneDNN?
+
+    ``vnni`` / ``linux`` default to this machine (AVX512-VNNI in ``/proc/cpuinfo``; the OS).
+    """
+    import sys
+
+    if linux is None:
+        linux = sys.platform.startswith("linux")
+    if vnni is None:
+        vnni = _has_avx512_vnni()
+    symmetric = bool(np.all(np.asarray(weight_zero_points) == 0))
+    return bool(linux and vnni and symmetric and int(groups) <= 100)
+
+
+def _has_avx512_vnni() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "avx512_vnni" in f.read()
+    except OSError:
+        return False
+
+
 def conv2d_accumulate(
     x: np.ndarray,
     x_zero_point: int,
@@ -236,15 +310,27 @@ def conv2d(
     groups: int = 1,
     per_channel: bool | None = None,
     relu: bool = False,
+    kernel: str = "fbgemm",
 ) -> np.ndarray:
-    """``torch.ops.quantized.conv2d`` / ``conv2d_relu`` (fbgemm): NCHW quint8 in and out.
+    """``torch.ops.quantized.conv2d`` / ``conv2d_relu``: NCHW quint8 in and out.
 
-    ``fbgemm_requantize(conv2d_accumulate(...), act_times_w_scale(s_x, s_w), bias, ...)``
-    on axis 1.  ``per_channel`` defaults to ``len(w_scales) > 1``; pass it explicitly for a
-    per-channel weight with one output channel.
+    ``kernel="fbgemm"``: ``fbgemm_requantize(conv2d_accumulate(...), act_times_w_scale(s_x,
+    s_w), bias, ...)`` on axis 1.  ``per_channel`` defaults to ``len(w_scales) > 1``; pass it
+    explicitly for a per-channel weight with one output channel.  ``kernel="onednn"``: the x86
+    engine's oneDNN kernel, :func:`onednn_requantize` of the exact sum.
     """
     x = np.asarray(x)
     w = np.asarray(w)
+    if kernel == "onednn":
+        acc = conv2d_accumulate(
+            x, x_zero_point, w, w_zero_points, stride=stride, padding=padding,
+            dilation=dilation, groups=groups,
+        )  # fmt: skip
+        return onednn_requantize(
+            acc, x_scale, w_scales, bias, output_scale, output_zero_point, axis=1, relu=relu
+        )
+    if kernel != "fbgemm":
+        raise ValueError(f"conv2d: kernel must be 'fbgemm' or 'onednn', got {kernel!r}")
     if depthwise_fast_path(x.shape[1], w.shape, stride, padding, dilation, groups):
         acc = _depthwise_saturating_accumulate(x, x_zero_point, w, w_zero_points, stride)
     else:
