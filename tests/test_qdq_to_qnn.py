@@ -210,6 +210,26 @@ def _concat():
     )
 
 
+def _edge(op):
+    """A float input QUANTIZE or a float output DEQUANTIZE."""
+    real, quantized = dict(shape=(1, 40), dtype="float32"), _act((1, 40), 0.05, 3)
+    if op == "QUANTIZE":
+        return single_op_model(op, [real], [quantized])
+    return single_op_model(op, [quantized], [real])
+
+
+def _shape_op(op, in_shape, out_shape, *inputs, **options):
+    return single_op_model(
+        op, [_act(in_shape, 0.05, 3), *inputs], [_act(out_shape, 0.05, 3)], **options
+    )
+
+
+def _uint8(op, in_zp, out_scale, out_zp):
+    return single_op_model(
+        op, [_act((1, 40), 0.06, in_zp, "uint8")], [_act((1, 40), out_scale, out_zp, "uint8")]
+    )
+
+
 OP_MODELS = {
     "conv2d_relu6": _conv,
     # 6 / 12 = 0.5: TVM's clip bound rounds it to even (0), LiteRT away from zero (1)
@@ -232,6 +252,37 @@ OP_MODELS = {
     "relu6": lambda: _unary("RELU6"),
     "requantize": lambda: _unary("QUANTIZE"),
     "concat": _concat,
+    "relu_n1_to_1": lambda: _unary("RELU_N1_TO_1"),
+    "add_relu6_broadcast": lambda: single_op_model(
+        "ADD",
+        [_act((1, 4, 4, 20), 0.07, -9), _act((1, 1, 1, 20), 0.03, 12)],
+        [_act((1, 4, 4, 20), 0.05, 3)],
+        fused_activation="RELU6",
+    ),
+    "add_uint8": lambda: single_op_model(
+        "ADD",
+        [_act((1, 4, 20), 0.07, 100, "uint8"), _act((1, 4, 20), 0.03, 120, "uint8")],
+        [_act((1, 4, 20), 0.05, 128, "uint8")],
+    ),
+    "softmax_uint8": lambda: _uint8("SOFTMAX", 7, 1 / 256, 0),
+    "logistic_uint8": lambda: _uint8("LOGISTIC", 127, 1 / 256, 0),
+    "maximum": lambda: _shape_op("MAXIMUM", (1, 40), (1, 40), _act((1, 40), 0.05, 3)),
+    "reshape": lambda: _shape_op(
+        "RESHAPE", (1, 4, 10), (1, 40), dict(shape=(2,), dtype="int32", data=np.array([1, 40]))
+    ),
+    "average_pool_relu": lambda: _shape_op(
+        "AVERAGE_POOL_2D",
+        (1, 8, 8, 5),
+        (1, 4, 4, 5),
+        padding="VALID",
+        stride_h=2,
+        stride_w=2,
+        filter_height=2,
+        filter_width=2,
+        fused_activation="RELU",
+    ),
+    "input_quantize": lambda: _edge("QUANTIZE"),
+    "output_dequantize": lambda: _edge("DEQUANTIZE"),
 }
 
 

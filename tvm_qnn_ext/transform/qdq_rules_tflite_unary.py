@@ -141,6 +141,17 @@ def data_movement(region: Region) -> relax.Expr:
     return relax.Call(anchor.op, [x] + [ctx.use(a) for a in anchor.args[1:]], anchor.attrs)
 
 
+@qdq_rule("relax.maximum", "relax.minimum")
+def max_min(region: Region) -> relax.Expr:
+    """MAXIMUM/MINIMUM compare integers when all three tensors share their quantization."""
+    _no_activation(region)
+    ctx, anchor = region.ctx, region.anchor
+    (a, qa), (b, qb) = (ctx.input(x, f"operand {i}") for i, x in enumerate(anchor.args))
+    if not (qa.same_as(region.out) and qb.same_as(region.out)):
+        raise NotRewritable("operands and output quantization differ")
+    return relax.Call(anchor.op, [a, b], anchor.attrs)
+
+
 @qdq_rule("relax.concat", framework=TFLITE)
 def concat(region: Region) -> relax.Expr:
     _no_activation(region)
