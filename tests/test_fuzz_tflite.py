@@ -25,6 +25,24 @@ def test_fuzz_single_and_multi_op(tmp_path):
     assert not report.problems, _explain(report)
 
 
+NEW_GENERATORS = [
+    "EXPAND_DIMS",
+    "RESIZE_NEAREST_NEIGHBOR",
+    "RESIZE_BILINEAR",
+    "PRELU",
+    "ADD",
+    "SUB",
+]
+
+
+def test_fuzz_new_generators(tmp_path):
+    """Broadcast ADD/SUB forms, PRELU, both resizes and EXPAND_DIMS: 48 more cases."""
+    cases = fz.generate_cases(48, 4321, NEW_GENERATORS)
+    report = fz.run_cases(cases, samples=2, out_dir=tmp_path, seed=4321)
+    assert report.cases == 48 and set(report.per_op) == set(NEW_GENERATORS)
+    assert not report.problems, _explain(report)
+
+
 def test_generated_models_use_realistic_quantization():
     """Output scales cover the op's float range: most models saturate few outputs (about 15%
     of models are deliberate edge cases with scales far too small or large)."""
@@ -57,6 +75,19 @@ def test_harness_detects_a_rounding_bug(monkeypatch, tmp_path):
     assert report.mismatches, "the harness missed a known off-by-one"
     assert all(p.max_diff == 1 for p in report.mismatches)
     assert (tmp_path / f"case_3_{report.mismatches[0].index}_1.tflite").exists()
+
+
+def test_harness_detects_broadcast_add_rounding(monkeypatch, tmp_path):
+    """Drop the LiteRT SIMD-loop model of ADD (plain TFLite reference rounding): the fuzzer's
+    tie-heavy broadcast ADD cases expose it."""
+    from tvm_qnn_ext import op as qnn
+
+    real = qnn.add
+    monkeypatch.setattr(qnn, "add", lambda *a, **kw: real(*a, **{**kw, "litert_simd": False}))
+    cases = fz.generate_cases(40, 8, ["ADD"])
+    report = fz.run_cases(cases, samples=3, out_dir=tmp_path, seed=8)
+    assert report.mismatches, "the harness missed LiteRT's SIMD rounding"
+    assert all(p.max_diff == 1 for p in report.mismatches)
 
 
 @pytest.mark.slow
