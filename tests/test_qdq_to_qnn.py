@@ -388,28 +388,36 @@ def test_compiled_tir_is_integer_only_between_the_edges(models, name):
 # -- report, hard_fail, allow-list, no-op -------------------------------------------------------
 
 
-def _exp_region() -> tvm.IRModule:
-    """dequantize -> exp -> quantize: a region no rule covers."""
+def _unary_region(op=relax.op.exp, out_scale: float = 0.1) -> tvm.IRModule:
+    """dequantize -> op -> quantize (exp: a region no rule covers)."""
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((4,), "int8"))
     s, zp = relax.const(0.1, "float32"), relax.const(3, "int32")
     with bb.function("main", [x]):
         with bb.dataflow():
             f = bb.emit(relax.op.dequantize(x, s, zp))
-            e = bb.emit(relax.op.exp(f))
-            y = bb.emit_output(relax.op.quantize(e, s, zp, out_dtype="int8"))
+            e = bb.emit(op(f))
+            out_s = relax.const(out_scale, "float32")
+            y = bb.emit_output(relax.op.quantize(e, out_s, zp, out_dtype="int8"))
         bb.emit_func_output(y)
     return bb.get()
 
 
 def test_hard_fail_lists_every_region_left_in_float():
     with pytest.raises(QDQRewriteError, match=r"no tflite rule for relax\.exp"):
-        qdq_to_qnn(_exp_region(), hard_fail=True)
+        qdq_to_qnn(_unary_region(), hard_fail=True)
     with collect_reports() as entries:
-        mod, rep = qdq_to_qnn(_exp_region())
+        mod, rep = qdq_to_qnn(_unary_region())
     assert rep.rewritten == 0 and len(rep.left_in_float) == 3  # dequantize, exp, quantize
     assert any("no tflite rule for relax.exp" in str(e) for e in entries)
     assert any(op_name_of(b) == "relax.exp" for b in bindings(mod))
+
+
+def test_invalid_quantization_is_reported_not_crashed():
+    mod, rep = qdq_to_qnn(_unary_region(relax.op.nn.relu, out_scale=0.05))
+    assert rep.rewritten == 1 and not rep.left_in_float
+    with pytest.raises(QDQRewriteError, match=r"invalid scale \[-0\.05"):
+        qdq_to_qnn(_unary_region(relax.op.nn.relu, out_scale=-0.05), hard_fail=True)
 
 
 def test_allow_list_leaves_other_regions_in_float_and_says_so():
@@ -439,7 +447,7 @@ def test_no_op_on_our_own_frontend(models):
 
 def test_unknown_framework_is_named():
     with pytest.raises(ValueError, match="unknown framework 'caffe'"):
-        qdq_to_qnn(_exp_region(), framework="caffe")
+        qdq_to_qnn(_unary_region(), framework="caffe")
 
 
 def bindings(mod: tvm.IRModule) -> list[relax.Binding]:

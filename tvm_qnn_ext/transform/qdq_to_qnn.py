@@ -30,6 +30,8 @@ import tvm
 from tvm import relax
 from tvm.ir import GenericConst
 
+from ..op import QnnTypeError
+from ..quantization import QuantizationParamError
 from .pipeline import pipeline_stage
 from .report import report
 
@@ -312,6 +314,11 @@ class _Outcome:
     left: list[str] = field(default_factory=list)
 
 
+# Rules reject a region by raising NotRewritable; the dialect's constructors reject invalid
+# parameters with these, which equally leave the region in float with the reason.
+_REJECTIONS = (NotRewritable, QnnTypeError, QuantizationParamError)
+
+
 @relax.expr_functor.mutator
 class _Rewriter(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule, framework: str, ops: Collection[str] | None):
@@ -334,15 +341,18 @@ class _Rewriter(relax.PyExprMutator):
             self.outcome.rewritten += 1
 
     def _rewrite(self, binding: relax.VarBinding, name: str) -> relax.Expr | None:
-        ctx = self.ctx
-        rule = _lookup(_BINDING_RULES, name, ctx.framework)
-        if rule is not None:
-            new = rule(ctx, binding)
-            if new is not None:
-                return new
-        if name != "relax.quantize":
+        try:
+            rule = _lookup(_BINDING_RULES, name, self.ctx.framework)
+            new = None if rule is None else rule(self.ctx, binding)
+            if new is None and name == "relax.quantize":
+                new = self._region(binding)
+            return new
+        except _REJECTIONS as e:
+            self.why.setdefault(binding.var, f"{name}: {e}")
             return None
-        call = binding.value
+
+    def _region(self, binding: relax.VarBinding) -> relax.Expr | None:
+        ctx, call = self.ctx, binding.value
         if dtype_of(call.args[0]) != "float32":
             return None
         src, act = _peel_activation(ctx, call.args[0])
@@ -359,7 +369,7 @@ class _Rewriter(relax.PyExprMutator):
             out = ctx.qparams(call, str(call.attrs.out_dtype))
             ctx.emitted = []
             new = rule(Region(anchor, out, ctx, act))
-        except NotRewritable as e:
+        except _REJECTIONS as e:
             why = f"{anchor_name} -> quantize: {e}"
             for var in (binding.var, call.args[0], src):
                 if isinstance(var, relax.Var):
