@@ -91,6 +91,10 @@ BUILDERS = {
         lambda r, a, b: qnn.multiply(a, b, rounding=r, **Q),
         [((2, 5), "int8"), ((1, 5), "int8")],
     ),
+    "qnn.prelu": (
+        lambda r, a, b: qnn.elementwise.prelu(a, b, rounding=r, **Q),
+        [((2, 5), "int8"), ((5,), "int8")],
+    ),
     "qnn.concatenate": (
         lambda r, a, b: qnn.concatenate(
             [a, b],
