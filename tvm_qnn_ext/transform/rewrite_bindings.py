@@ -45,18 +45,22 @@ def call_name(expr: relax.Expr) -> str | None:
 
 
 def replace_values(func: relax.Function, new: dict[relax.Var, relax.Expr]) -> relax.Function:
-    """``func`` with the bindings of the vars in ``new`` given new values; dead bindings go."""
+    """``func`` with the bindings of the vars in ``new`` given new values; dead bindings go.
+
+    A new value may nest calls: their intermediate results become bindings before it.
+    """
     if not new:
         return func
     bb = relax.BlockBuilder()
     blocks = []
     for block in func.body.blocks:
-        bindings = []
+        dataflow = isinstance(block, relax.DataflowBlock)
+        bb._begin_dataflow_block() if dataflow else bb._begin_binding_block()
         for b in block.bindings:
             if isinstance(b, relax.VarBinding) and b.var in new:
                 b = relax.VarBinding(b.var, bb.normalize(new[b.var]))
-            bindings.append(b)
-        blocks.append(type(block)(bindings))
+            bb.emit_normalized(b)
+        blocks.append(bb._end_block())
     body = relax.SeqExpr(blocks, func.body.body)
     out = relax.Function(func.params, body, func.ret_ty, func.is_pure, func.attrs)
     return relax.analysis.remove_all_unused(out)
