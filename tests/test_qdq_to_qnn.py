@@ -4,6 +4,7 @@ builtin, integer-only compiled code, hard_fail and the report, no-op on our own 
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from tvm_qnn_ext.compile import CompiledModel, compile_model
 from tvm_qnn_ext.compile import _specs as specs
 from tvm_qnn_ext.frontend.tflite import from_tflite as our_from_tflite
 from tvm_qnn_ext.oracle import io_specs, litert, random_input
+from tvm_qnn_ext.quantization import dtype_range
 from tvm_qnn_ext.target import resolve_target
 from tvm_qnn_ext.testing.tflite_builder import single_op_model
 from tvm_qnn_ext.transform.pipeline import run_stages
@@ -174,7 +176,7 @@ def _binary(op, **options):
     )
 
 
-def _pool(op):
+def _pool(op, **options):
     return single_op_model(
         op,
         [_act((1, 9, 9, 5), 0.05, -3)],
@@ -184,6 +186,7 @@ def _pool(op):
         stride_w=2,
         filter_height=3,
         filter_width=3,
+        **options,
     )
 
 
@@ -243,6 +246,7 @@ OP_MODELS = {
     "mul": lambda: _binary("MUL"),
     "average_pool": lambda: _pool("AVERAGE_POOL_2D"),
     "max_pool": lambda: _pool("MAX_POOL_2D"),
+    "max_pool_relu6": lambda: _pool("MAX_POOL_2D", fused_activation="RELU6"),
     "mean": _mean,
     "softmax": lambda: _unary("SOFTMAX", 1 / 256, -128),
     "logistic": lambda: _unary("LOGISTIC", 1 / 256, -128),
@@ -308,6 +312,31 @@ def test_tvm_import_failures_are_the_known_ones(models):
 @pytest.mark.parametrize("name", [n for n in TVM_IMPORTABLE if n not in HEAVY])
 def test_real_model_matches_litert(models, name):
     compare_with_litert(models[name].read_bytes(), samples=20)
+
+
+# The attributes that carry LiteRT's arithmetic choices.
+EXACTNESS_ATTRS = ("rounding", "neon_channels", "neon_flat", "litert_simd")
+
+
+def _op_counts(mod: tvm.IRModule) -> Counter:
+    def key(b):
+        attrs = b.value.attrs or {}
+        dtype = str(b.var.ty.dtype)
+        lo, hi = dtype_range(dtype) if dtype.startswith(("int", "uint")) else (None, None)
+        bounds = (attrs.get("out_min", lo), attrs.get("out_max", hi))
+        return (op_name_of(b), *(str(attrs.get(k)) for k in EXACTNESS_ATTRS), *map(str, bounds))
+
+    return Counter(key(b) for b in bindings(mod) if op_name_of(b))
+
+
+@pytest.mark.parametrize("name", TVM_IMPORTABLE)
+def test_rewrite_has_the_ops_of_our_own_importer(models, name):
+    """TVM's QDQ graph after QDQToQNN holds the same dialect ops, with the same rounding choices
+    and bounds, as our importer's output, so it lowers to the same fused kernels (and runs as
+    fast; measured within noise)."""
+    model = models[name].read_bytes()
+    rewritten, _ = qdq_to_qnn(tvm_import(model), hard_fail=True)
+    assert _op_counts(rewritten) == _op_counts(our_from_tflite(model))
 
 
 def test_tvm_lowering_alone_is_not_exact(models):

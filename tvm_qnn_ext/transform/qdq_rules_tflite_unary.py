@@ -248,24 +248,40 @@ def _litert_bound(bound: int, q, reals, pick) -> int:
     return bound
 
 
+# Integer ops that keep their input's quantization: a clip after them is bounded in it.
+_SAME_QUANT = ("relax.nn.max_pool2d", "relax.reshape", "relax.clip")
+
+
+def _quantization_of(ctx: RewriteContext, expr: relax.Expr):
+    """The parameters of the ``R.quantize`` that ``expr`` comes from, through ops that keep
+    the quantization (None when unknown)."""
+    call = ctx.call(expr)
+    while op_name(call) in _SAME_QUANT:
+        call = ctx.call(call.args[0])
+    if op_name(call) != "relax.quantize":
+        return None
+    return ctx.qparams(call, dtype_of(call))
+
+
 @qdq_binding_rule("relax.clip", framework=TFLITE)
 def fold_clip(ctx: RewriteContext, binding: relax.VarBinding) -> relax.Expr | None:
-    """TVM's fused activation, an int8 clip after the quantize, becomes the bounds of the QNN
-    op that the quantize was rewritten into."""
+    """TVM's fused activation, an int8 clip after a quantize (or max_pool2d), becomes the bounds
+    of the QNN op that produces its input."""
     clip = binding.value
     src = clip.args[0]
-    quantize = ctx.call(src, "relax.quantize")
     producer = ctx.rewritten(src)
-    if quantize is None or op_name(producer) not in _BOUNDED or not ctx.single_use(src):
+    if op_name(producer) not in _BOUNDED or not ctx.single_use(src):
         return None
-    q = ctx.qparams(quantize, dtype_of(quantize))
-    if q.per_axis or dtype_of(clip) not in ("int8", "uint8"):
+    if dtype_of(clip) not in ("int8", "uint8"):
         return None
     lo_c, hi_c = (float(ctx.scalar(a, "clip bound")[0]) for a in clip.args[1:3])
     if lo_c != int(lo_c) or hi_c != int(hi_c):
         return None
-    lo = _litert_bound(int(lo_c), q, _LOWER_REALS, lambda lo, hi, v: max(lo, v))
-    hi = _litert_bound(int(hi_c), q, _UPPER_REALS, lambda lo, hi, v: min(hi, v))
+    lo, hi = int(lo_c), int(hi_c)
+    q = _quantization_of(ctx, src)
+    if q is not None and not q.per_axis:
+        lo = _litert_bound(lo, q, _LOWER_REALS, lambda lo, hi, v: max(lo, v))
+        hi = _litert_bound(hi, q, _UPPER_REALS, lambda lo, hi, v: min(hi, v))
     attrs = dict(producer.attrs.items())
     if attrs.get("out_min") is not None:
         lo = max(lo, int(attrs["out_min"]))
@@ -273,3 +289,22 @@ def fold_clip(ctx: RewriteContext, binding: relax.VarBinding) -> relax.Expr | No
         hi = min(hi, int(attrs["out_max"]))
     attrs.update(out_min=lo, out_max=hi)
     return relax.Call(producer.op, producer.args, attrs=attrs)
+
+
+@qdq_binding_rule("relax.nn.max_pool2d")
+def integer_max_pool(ctx: RewriteContext, binding: relax.VarBinding) -> relax.Expr | None:
+    """TVM applies MAX_POOL_2D to the integers directly; as ``qnn.max_pool2d`` it lowers like the
+    rest of the dialect (and a following clip can fold into its bounds)."""
+    call = binding.value
+    a = call.attrs
+    if dtype_of(call) not in ("int8", "uint8") or dtype_of(call.args[0]) != dtype_of(call):
+        return None
+    if bool(a.ceil_mode) or any(int(d) != 1 for d in a.dilation) or a.out_layout != a.layout:
+        return None
+    return qnn.max_pool2d(
+        ctx.use(call.args[0]),
+        pool_size=[int(k) for k in a.pool_size],
+        strides=[int(s) for s in a.strides],
+        padding=[int(p) for p in a.padding],
+        layout=str(a.layout),
+    )
