@@ -30,27 +30,49 @@ def _specs(func: relax.Function) -> list[TensorSpec]:
 
 
 class CompiledModel:
-    """A compiled model: call it on numpy arrays, get a list of numpy arrays back."""
+    """A compiled model: call it on numpy arrays, get a list of numpy arrays back.
+
+    On the CPU a call costs about 2 us plus the kernels: inputs are copied into preallocated,
+    64-byte aligned buffers that TVM shares without a copy (``tvm.runtime.tensor`` would
+    allocate and wrap a new tensor each call, about 25 us), and outputs are read through
+    DLPack.  One instance is not meant to be called from several threads at once.
+    """
 
     def __init__(self, executable, inputs: list[TensorSpec], device=None):
         self.executable = executable
         self.inputs = inputs
         self.device = device or tvm.cpu()
         self._vm = relax.VirtualMachine(executable, self.device)
+        self._main = self._vm["main"]
+        self._staging: list[np.ndarray] | None = None
+        self._args: list[tvm.runtime.Tensor] = []
+        on_cpu = self.device.dlpack_device_type() == tvm.cpu().dlpack_device_type()
+        if on_cpu and all(s.shape for s in inputs):
+            self._staging = [_aligned_empty(s.shape, s.dtype) for s in inputs]
+            self._args = [tvm.runtime.from_dlpack(a) for a in self._staging]
+
+    def _check(self, spec: TensorSpec, a) -> np.ndarray:
+        a = np.asarray(a)
+        if a.dtype != np.dtype(spec.dtype):
+            raise TypeError(f"input {spec.name!r}: expected dtype {spec.dtype}, got {a.dtype}")
+        if spec.shape and tuple(a.shape) != spec.shape:
+            raise ValueError(f"input {spec.name!r}: expected shape {spec.shape}, got {a.shape}")
+        return a
 
     def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
         if len(arrays) != len(self.inputs):
             raise ValueError(f"model takes {len(self.inputs)} inputs, got {len(arrays)}")
-        args = []
-        for spec, a in zip(self.inputs, arrays, strict=False):
-            a = np.asarray(a)
-            if a.dtype != np.dtype(spec.dtype):
-                raise TypeError(f"input {spec.name!r}: expected dtype {spec.dtype}, got {a.dtype}")
-            if spec.shape and tuple(a.shape) != spec.shape:
-                raise ValueError(f"input {spec.name!r}: expected shape {spec.shape}, got {a.shape}")
-            args.append(tvm.runtime.tensor(np.ascontiguousarray(a), self.device))
-        out = self._vm["main"](*args)
-        return [o.numpy() for o in _flatten(out)]
+        checked = [self._check(spec, a) for spec, a in zip(self.inputs, arrays, strict=True)]
+        if self._staging is not None:
+            for buf, a in zip(self._staging, checked, strict=True):
+                np.copyto(buf, a)
+            out = self._main(*self._args)
+        else:
+            args = [tvm.runtime.tensor(np.ascontiguousarray(a), self.device) for a in checked]
+            out = self._main(*args)
+        if self._staging is None:
+            return [o.numpy() for o in _flatten(out)]
+        return [np.from_dlpack(o).copy() for o in _flatten(out)]
 
     def export(self, path: str | os.PathLike) -> Path:
         """Write a shared library loadable with :meth:`load` (or TVM's runtime directly)."""
@@ -71,6 +93,14 @@ class CompiledModel:
         spec_path = path.with_suffix(path.suffix + ".inputs.npy")
         inputs = [TensorSpec(n, tuple(s), d) for n, s, d in np.load(spec_path, allow_pickle=True)]
         return cls(lib, inputs)
+
+
+def _aligned_empty(shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """An uninitialised array whose data starts on a 64-byte boundary (TVM's DLPack minimum)."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.empty(nbytes + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
 def _flatten(out) -> list:
