@@ -124,7 +124,8 @@ def check_scales(scales, n_inputs, seed) -> int:
             bound = int(re.search(r"at most (\d+) step", m).group(1))
             assert 0 < np.abs(g.astype(np.int64) - w).max() <= bound, (s, m)
     for s, w in zip(scales[:5], want, strict=False):
-        emulated = evaluate(build_steps(find_chains(*_single(s))[0])[0], x[None].astype(np.int64))
+        steps = build_steps(find_chains(*_single(s))[0][0])[0]
+        emulated = evaluate(steps, x[None].astype(np.int64))
         np.testing.assert_array_equal(emulated[0], w, err_msg=f"emulation, scale {s!r}")
     return sum(proven)
 
@@ -300,3 +301,21 @@ def test_refusals_name_the_problem(build, reason):
     out, msgs = rewrite(mod)
     assert "left in float" in msgs[0] and reason in msgs[0], msgs
     assert "qnn.requantize" not in op_names(out)
+
+
+def test_shorter_chain_proven_when_the_longer_may_wrap():
+    """add(100) on a full-range int32 may wrap, so the chain from x is not monotone; the chain
+    from the add's output (relu -> cast -> ...) is, and is rewritten; the add stays."""
+
+    def graph(bb, x):
+        v = bb.emit(relax.op.nn.relu(relax.op.add(x, i32(100))))
+        return float_chain(np.float32(0.0018843))(bb, v)
+
+    mod = relax.transform.Normalize()(module([graph], (20_000,)))
+    out, msgs = rewrite(mod)
+    assert "int32 relu -> astype" in msgs[0] and "proven bit-exact" in msgs[0], msgs
+    assert op_names(out) == ["relax.add", "qnn.requantize"]
+    rng = np.random.default_rng(6)
+    x = rng.integers(-100_000, 100_000, 20_000).astype(np.int32)
+    x[:100] = I32.max - np.arange(100)  # where the add wraps
+    np.testing.assert_array_equal(compile_model(out)(x)[0], run_float(mod, x)[0])

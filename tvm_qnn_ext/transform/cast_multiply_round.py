@@ -109,7 +109,9 @@ class Chain:
     known_range: tuple[float, float]  # bounds on the source's values
 
 
-def find_chains(block: relax.DataflowBlock, result: relax.Expr) -> list[Chain]:
+def find_chains(block: relax.DataflowBlock, result: relax.Expr) -> list[list[Chain]]:
+    """Per chain end, the chains ending there: the longest first, then each shorter one that
+    starts at a later integer tensor (tried when the longer cannot be proven)."""
     defs, uses = producers(block), users(block, result)
     matched = {b.var: _match(b.value) for b in block.bindings}
     inner = set()
@@ -117,7 +119,7 @@ def find_chains(block: relax.DataflowBlock, result: relax.Expr) -> list[Chain]:
         x = m[0] if m is not None else None
         if x is not None and uses.get(x) == 1 and isinstance(x, relax.DataflowVar):
             inner.add(x)  # feeds exactly one chain op: not an end
-    chains = []
+    found = []
     for b in block.bindings:
         if matched.get(b.var) is None or b.var in inner or not _is_int(_dtype(b.var)):
             continue
@@ -128,17 +130,19 @@ def find_chains(block: relax.DataflowBlock, result: relax.Expr) -> list[Chain]:
             if matched.get(x) is None or x not in inner or x not in defs:
                 break
             var = x
-        start = next((i for i, r in enumerate(records) if _is_int(_dtype(r[0]))), None)
-        if start is None:
-            continue
-        records = records[start:]
-        raw = [(k, c, _dtype(v)) for _, v, steps in records for k, c in steps]
-        if not any(k in ("mul", "div", "shr") for k, _, _ in raw):
-            continue
-        names = [call_name(defs[v]).split(".")[-1] for _, v, _ in records]
-        source = records[0][0]
-        chains.append(Chain(source, b.var, raw, names, value_range(source, defs)))
-    return chains
+        candidates = []
+        for start, (source, _, _) in enumerate(records):
+            if not _is_int(_dtype(source)):
+                continue
+            tail = records[start:]
+            raw = [(k, c, _dtype(v)) for _, v, steps in tail for k, c in steps]
+            if not any(k in ("mul", "div", "shr") for k, _, _ in raw):
+                break
+            names = [call_name(defs[v]).split(".")[-1] for _, v, _ in tail]
+            candidates.append(Chain(source, b.var, raw, names, value_range(source, defs)))
+        if candidates:
+            found.append(candidates)
+    return found
 
 
 # ---- the chain as numpy arithmetic -------------------------------------------------------------
@@ -446,22 +450,21 @@ def _source_range(chain: Chain, options: dict) -> tuple[int, int]:
     return lo, hi
 
 
-def rewrite_chain(chain: Chain, options: dict) -> relax.Expr | None:
-    desc = _describe(chain)
+def _prove_chain(chain: Chain, options: dict, allow_inexact: bool):
     out_dtype = _dtype(chain.end)
+    if out_dtype not in OUT_DTYPES or _dtype(chain.source) not in OUT_DTYPES:
+        raise Refused(f"qnn.requantize maps {OUT_DTYPES} to {OUT_DTYPES}")
     try:
-        if out_dtype not in OUT_DTYPES or _dtype(chain.source) not in OUT_DTYPES:
-            raise Refused(f"qnn.requantize maps {OUT_DTYPES} to {OUT_DTYPES}")
-        if not isinstance(chain.source.ty.shape, relax.ShapeExpr):
-            raise Refused("the input shape is not static")
-        steps, axis, channels = build_steps(chain)
-        src_range = _source_range(chain, options)
-        proof = prove(
-            chain, steps, channels, src_range, out_dtype, options.get("allow_inexact", False)
-        )
-    except Refused as why:
-        report(STAGE, f"{desc}: left in float: {why}")
-        return None
+        tuple(int(d) for d in chain.source.ty.shape.values)
+    except (AttributeError, TypeError):
+        raise Refused("the input shape is not static") from None
+    steps, axis, channels = build_steps(chain)
+    src_range = _source_range(chain, options)
+    proof = prove(chain, steps, channels, src_range, out_dtype, allow_inexact)
+    return proof, axis, channels, src_range
+
+
+def _emit(chain: Chain, proof: Proof, axis, channels, src_range) -> relax.Expr:
     fit = proof.fit
     where = f"x in [{src_range[0]}, {src_range[1]}]"
     if proof.exact:
@@ -472,19 +475,38 @@ def rewrite_chain(chain: Chain, options: dict) -> relax.Expr | None:
             f"{proof.differing} input value(s) of {where}"
         )
     per = "per tensor" if axis is None else f"per channel (axis {axis}, {channels} channels)"
-    report(STAGE, f"{desc} => qnn.requantize(rounding={fit.rounding}, {per}): {how}")
+    report(STAGE, f"{_describe(chain)} => qnn.requantize(rounding={fit.rounding}, {per}): {how}")
+    one = (lambda v: v) if axis is not None else (lambda v: v[0])
     return requantize(
         chain.source,
-        fit.real if axis is not None else fit.real[0],
-        fit.in_zp if axis is not None else fit.in_zp[0],
+        one(fit.real),
+        one(fit.in_zp),
         1.0,
-        fit.out_zp if axis is not None else fit.out_zp[0],
-        out_dtype,
+        one(fit.out_zp),
+        _dtype(chain.end),
         axis=axis,
         rounding=fit.rounding,
         out_min=fit.out_min,
         out_max=fit.out_max,
     )
+
+
+def rewrite_chain(candidates: list[Chain], options: dict) -> relax.Expr | None:
+    """The first candidate proven exact; else, with ``allow_inexact``, the longest with its
+    bound; else None and the longest one's refusal is reported."""
+    refusal = None
+    for chain in candidates:
+        try:
+            return _emit(chain, *_prove_chain(chain, options, False))
+        except Refused as why:
+            refusal = refusal or why
+    if options.get("allow_inexact", False):
+        try:
+            return _emit(candidates[0], *_prove_chain(candidates[0], options, True))
+        except Refused as why:
+            refusal = why
+    report(STAGE, f"{_describe(candidates[0])}: left in float: {refusal}")
+    return None
 
 
 def CastMultiplyRoundToRequantize(  # noqa: N802  (named like a TVM pass)
@@ -496,10 +518,10 @@ def CastMultiplyRoundToRequantize(  # noqa: N802  (named like a TVM pass)
 
     def rewrite(block, result):
         new = {}
-        for chain in find_chains(block, result):
-            expr = rewrite_chain(chain, options)
+        for candidates in find_chains(block, result):
+            expr = rewrite_chain(candidates, options)
             if expr is not None:
-                new[chain.end] = expr
+                new[candidates[0].end] = expr
         return new
 
     return block_pass("CastMultiplyRoundToRequantize", rewrite)
