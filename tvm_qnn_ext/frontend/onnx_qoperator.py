@@ -1,7 +1,8 @@
 """Converters for the QOperator-format ONNX ops TVM's importer cannot read.
 
 onnxruntime's ``quantize_static(..., QuantFormat.QOperator)`` writes QLinearConv, QLinearMatMul
-and the com.microsoft ops QLinearAdd and QGemm.  Each is expanded into the QDQ form TVM emits
+and the com.microsoft ops QLinearAdd, QGemm, QLinearConcat, QLinearAveragePool and
+QLinearGlobalAveragePool.  Each is expanded into the QDQ form TVM emits
 for the rest of the graph (``R.dequantize -> float op -> R.quantize``, reusing TVM's own Conv
 and Gemm converters), so the ONNX QDQ rules turn it into integer QNN ops like any other region.
 The int32 bias is dequantized at ``fl32(x_scale * w_scale)``, its meaning in these ops.
@@ -12,7 +13,15 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax
 from tvm.ir import GenericConst
-from tvm.relax.frontend.onnx.onnx_frontend import Conv, Gemm, OnnxOpConverter, onnx_input
+from tvm.relax.frontend.onnx.onnx_frontend import (
+    AveragePool,
+    Concat,
+    Conv,
+    Gemm,
+    GlobalAveragePool,
+    OnnxOpConverter,
+    onnx_input,
+)
 
 
 class QOperatorError(ValueError):
@@ -100,7 +109,57 @@ class QGemm(OnnxOpConverter):
         return y if ys is None else _quantize(y, ys, yz, a)
 
 
+def _channels_first(attr: dict, op: str) -> None:
+    if attr.get("channels_last", 0):
+        raise QOperatorError(f"{op} with channels_last=1 is not supported")
+
+
+class QLinearConcat(OnnxOpConverter):
+    """com.microsoft QLinearConcat(Y_scale, Y_zp, (X, X_scale, X_zp)...):
+    ``Q(Concat(DQ(X)...))``."""
+
+    @classmethod
+    def _impl_v1(cls, bb, inputs, attr, params):
+        ys, yz, rest = inputs[0], inputs[1], list(inputs)[2:]
+        if not rest or len(rest) % 3:
+            raise QOperatorError(
+                f"QLinearConcat needs (tensor, scale, zero point) triples, got {len(rest)} inputs"
+            )
+        xs = [_dequantize(bb, *rest[i : i + 3], 1) for i in range(0, len(rest), 3)]
+        y = bb.normalize(Concat.get_converter(13)(bb, onnx_input(xs), dict(attr), params))
+        return _quantize(y, ys, yz, rest[0])
+
+
+class QLinearAveragePool(OnnxOpConverter):
+    """com.microsoft QLinearAveragePool: ``Q(AveragePool(DQ(X)))`` (NCHW)."""
+
+    @classmethod
+    def _impl_v1(cls, bb, inputs, attr, params):
+        _channels_first(attr, "QLinearAveragePool")
+        x, xs, xz, ys, yz = (inputs[i] for i in range(5))
+        pool_attr = {k: v for k, v in attr.items() if k != "channels_last"}
+        y = AveragePool.get_converter(19)(
+            bb, onnx_input([_dequantize(bb, x, xs, xz, 1)]), pool_attr, params
+        )
+        return _quantize(bb.normalize(y), ys, yz, x)
+
+
+class QLinearGlobalAveragePool(OnnxOpConverter):
+    """com.microsoft QLinearGlobalAveragePool: ``Q(GlobalAveragePool(DQ(X)))`` (NCHW)."""
+
+    @classmethod
+    def _impl_v1(cls, bb, inputs, attr, params):
+        _channels_first(attr, "QLinearGlobalAveragePool")
+        x, xs, xz, ys, yz = (inputs[i] for i in range(5))
+        xf = onnx_input([_dequantize(bb, x, xs, xz, 1)])
+        y = GlobalAveragePool.get_converter(1)(bb, xf, {}, params)
+        return _quantize(bb.normalize(y), ys, yz, x)
+
+
 CONVERTERS: dict[str, type] = {
+    "QLinearConcat": QLinearConcat,
+    "QLinearAveragePool": QLinearAveragePool,
+    "QLinearGlobalAveragePool": QLinearGlobalAveragePool,
     "QLinearConv": QLinearConv,
     "QLinearMatMul": QLinearMatMul,
     "QLinearAdd": QLinearAdd,

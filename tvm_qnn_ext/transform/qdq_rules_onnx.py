@@ -34,6 +34,7 @@ from .qdq_to_qnn import (
     qdq_binding_rule,
     qdq_rule,
 )
+from .requantize_half_even import half_even_requantize, ties_possible
 
 ONNX = "onnx"
 ROUNDING = "tonearest"
@@ -57,15 +58,41 @@ def act_bounds(region: Region) -> tuple[int | None, int | None]:
     )
 
 
-def _requantize(region: Region, x, in_scale, in_zp: int, axis=None, out_scale=None):
-    """``x`` at ``in_scale`` to the region's output; ``out_scale=1.0`` makes ``in_scale`` the
-    exact multiplier."""
+def deviation(q: QParams) -> int:
+    """The largest ``|x - zero_point|`` of a tensor quantized with ``q``."""
+    lo, hi = dtype_range(q.dtype)
+    return max(q.zp - lo, hi - q.zp)
+
+
+def _requantize(
+    region: Region, x, in_scale, in_zp: int, *, bound: int, axis=None, out_scale=None,
+    zero_point_first: bool = False,
+):  # fmt: skip
+    """``x`` at ``in_scale`` to the region's output, rounding half to even as onnxruntime;
+    ``bound`` limits ``|x - in_zp|``.  ``out_scale=1.0`` makes ``in_scale`` the multiplier;
+    ``zero_point_first``: ties go to the even value after adding the output zero point."""
     lo, hi = act_bounds(region)
     out = region.out
-    return qnn.requantize(
-        x, in_scale, in_zp, out.s if out_scale is None else out_scale, out.zp, out.dtype,
-        axis=axis, rounding=ROUNDING, out_min=lo, out_max=hi,
+    out_scale = out.s if out_scale is None else out_scale
+    real = np.asarray(in_scale, np.float64) / np.float64(out_scale)
+    if not ties_possible(real, bound):  # then ``tonearest`` rounds exactly as ties-to-even
+        return qnn.requantize(
+            x, in_scale, in_zp, out_scale, out.zp, out.dtype, axis=axis, rounding=ROUNDING,
+            out_min=lo, out_max=hi,
+        )  # fmt: skip
+    qlo, qhi = dtype_range(out.dtype)
+    return half_even_requantize(
+        region.ctx.emit, x, real, in_zero_point=in_zp, out_zero_point=out.zp, axis=axis,
+        ndim=x.ty.ndim, out_min=qlo if lo is None else lo, out_max=qhi if hi is None else hi,
+        out_dtype=out.dtype, bound=bound, zero_point_first=zero_point_first,
     )  # fmt: skip
+
+
+def _acc_bound(w: np.ndarray, zw: list[int], qi: QParams, bias: relax.Expr | None) -> int:
+    """A bound on ``|acc|`` for weights ``w`` with output channels on axis 0."""
+    centred = np.abs(w.reshape(w.shape[0], -1).astype(np.int64) - np.asarray(zw)[:, None])
+    b = 0 if bias is None else int(np.abs(bias.value.numpy().astype(np.int64)).max())
+    return int(centred.sum(axis=1).max()) * deviation(qi) + b
 
 
 def _multiplier(qi: QParams, qw: QParams, qo: QParams, channels: int) -> np.ndarray:
@@ -146,7 +173,9 @@ def _conv(region: Region, conv: relax.Call, bias_expr) -> relax.Expr:
             kernel_zero_point=_kernel_zp(qw, channels),
         )
     )
-    y = _requantize(region, acc, _multiplier(qi, qw, region.out, channels), 0, 1, 1.0)
+    mult = _multiplier(qi, qw, region.out, channels)
+    bound = _acc_bound(w, _kernel_zp(qw, channels), qi, bias)
+    y = _requantize(region, acc, mult, 0, bound=bound, axis=1, out_scale=1.0)
     return relax.op.squeeze(ctx.emit(y), axis=[2]) if one_d else y
 
 
@@ -172,7 +201,9 @@ def _dense(region: Region, matmul: relax.Call, bias_expr) -> relax.Expr:
         )
     )
     axis = len(ctx.shape(matmul)) - 1
-    return _requantize(region, acc, _multiplier(qi, qw, region.out, units), 0, axis, 1.0)
+    mult = _multiplier(qi, qw, region.out, units)
+    bound = _acc_bound(w if transposed else w.T, _kernel_zp(qw, units), qi, bias)
+    return _requantize(region, acc, mult, 0, bound=bound, axis=axis, out_scale=1.0)
 
 
 def _accumulate(region: Region, call: relax.Call, bias_expr) -> relax.Expr:
@@ -218,7 +249,8 @@ def _activation_sum(region: Region) -> relax.Expr:
         return ctx.emit(relax.op.multiply(centred, relax.const(round(q.s / common), "int32")))
 
     total = ctx.emit(relax.op.add(term(a, qa), term(b, qb)))
-    return _requantize(region, total, common, 0)
+    bound = round(qa.s / common) * deviation(qa) + round(qb.s / common) * deviation(qb)
+    return _requantize(region, total, common, 0, bound=bound)
 
 
 @qdq_rule("relax.dequantize", framework=ONNX)
@@ -227,7 +259,7 @@ def rescale(region: Region) -> relax.Expr:
     x, qi = region.ctx.input(region.anchor)
     if region.act == (None, None) and qi.same_as(region.out):
         return x
-    return _requantize(region, x, qi.s, qi.zp)
+    return _requantize(region, x, qi.s, qi.zp, bound=deviation(qi))
 
 
 @qdq_rule("relax.mean", framework=ONNX)
@@ -237,13 +269,20 @@ def mean(region: Region) -> relax.Expr:
     if region.act != (None, None):
         raise NotRewritable("an activation after ReduceMean")
     x, qi = ctx.input(call.args[0])
-    ndim = len(ctx.shape(call.args[0]))
-    axes = list(range(ndim)) if call.attrs.axis is None else [int(a) for a in call.attrs.axis]
+    shape = ctx.shape(call.args[0])
+    axes = range(len(shape)) if call.attrs.axis is None else call.attrs.axis
+    axes = sorted({int(a) % len(shape) for a in axes})
+    count = int(np.prod([shape[a] for a in axes]))
     out = region.out
+    keepdims = bool(call.attrs.keepdims)
+    if ties_possible(qi.s / (count * out.s), count * deviation(qi)):
+        # qnn.mean breaks ties away from zero; onnxruntime rounds the float mean to even.
+        total = ctx.emit(relax.op.sum(relax.op.astype(x, "int32"), axes, keepdims))
+        return _requantize(region, total, qi.s / count, qi.zp * count, bound=count * deviation(qi))
     return qnn.mean(
         x,
         axis=axes,
-        keepdims=bool(call.attrs.keepdims),
+        keepdims=keepdims,
         input_scale=qi.s,
         input_zero_point=qi.zp,
         output_scale=out.s,
@@ -263,3 +302,61 @@ def dequantize_activation(ctx: RewriteContext, binding: relax.VarBinding) -> rel
         return None
     q = ctx.qparams(call, dtype_of(call.args[0]))
     return qnn.dequantize(ctx.use(call.args[0]), q.scale, q.zero_point, axis=q.axis)
+
+
+@qdq_rule("relax.concat", framework=ONNX)
+def concat(region: Region) -> relax.Expr:
+    """Concat (onnxruntime's QLinearConcat requantizes each input whose parameters differ
+    from the output's, rounding half to even in float)."""
+    if region.act != (None, None):
+        raise NotRewritable("an activation after Concat")
+    ctx = region.ctx
+    fields = ctx.value(region.anchor.args[0])
+    if not isinstance(fields, relax.Tuple):
+        raise NotRewritable("concat of a non-literal tuple")
+    inputs = [ctx.input(f, f"concat input {i}") for i, f in enumerate(fields.fields)]
+    out = region.out
+    return qnn.concatenate(
+        [x for x, _ in inputs],
+        axis=int(region.anchor.attrs.axis) % len(region.out_shape),
+        input_scales=[q.s for _, q in inputs],
+        input_zero_points=[q.zp for _, q in inputs],
+        output_scale=out.s,
+        output_zero_point=out.zp,
+        out_dtype=out.dtype,
+        rounding=ROUNDING,
+    )
+
+
+@qdq_rule("relax.nn.avg_pool2d", framework=ONNX)
+def avg_pool2d(region: Region) -> relax.Expr:
+    """AveragePool.  onnxruntime (QLinearAveragePool) averages the dequantized floats and
+    rounds ``mean / s_out + zp_out`` half to even; with a constant window count (no padding, or
+    padding counted) we do the same in integers: the window sum is a depthwise ``qnn.conv2d``
+    with weights 1, requantized by ``s_in / (count * s_out)``.  Otherwise: the integer
+    average, then a requantize (two roundings)."""
+    ctx, a = region.ctx, region.anchor.attrs
+    if bool(a.ceil_mode) or any(int(d) != 1 for d in a.dilation) or a.out_layout != a.layout:
+        raise NotRewritable("AveragePool with ceil_mode or dilation")
+    x, qi = ctx.input(region.anchor.args[0])
+    pool = [int(k) for k in a.pool_size]
+    strides, padding = [int(s) for s in a.strides], [int(p) for p in a.padding]
+    if str(a.layout) == "NCHW" and (bool(a.count_include_pad) or not any(padding)):
+        channels = ctx.shape(region.anchor.args[0])[1]
+        ones = relax.const(np.ones((channels, 1, *pool), np.int8), "int8")
+        window_sum = qnn.conv2d(
+            x, ones, None, strides=strides, padding=padding, groups=channels,
+            data_layout="NCHW", kernel_layout="OIHW", input_zero_point=qi.zp,
+        )  # fmt: skip
+        count = pool[0] * pool[1]
+        bound = count * deviation(qi)
+        return _requantize(
+            region, ctx.emit(window_sum), qi.s / count, 0, bound=bound, zero_point_first=True
+        )
+    pooled = qnn.avg_pool2d(
+        x, pool_size=pool, strides=strides, padding=padding, layout=str(a.layout),
+        out_dtype=qi.dtype, rounding=ROUNDING, count_include_pad=bool(a.count_include_pad),
+    )  # fmt: skip
+    if region.act == (None, None) and qi.same_as(region.out):
+        return pooled
+    return _requantize(region, ctx.emit(pooled), qi.s, qi.zp, bound=deviation(qi))
