@@ -146,7 +146,12 @@ def test_100_random_scales_bounded():
 
 @pytest.mark.slow
 def test_100_random_scales_million_inputs_each():
-    """Issue 4's done-when: 10^6 int32 accumulators for each of 100 random scales."""
+    """Issue 4's done-when: 10^6 int32 accumulators for each of 100 random scales (each module
+    applies 10 chains to the same 10^7 inputs, 10^6 of them aimed at each chain's scale).
+
+    Measured 2026-11-23: 51 of 100 proven and bit-exact on all 10^7 inputs; the other 49
+    (scales 1.1e-7 .. 2.1e-3) refused with a witness, their allow_inexact rewrites within the
+    reported 1-step bound.  5 min 35 s on 2 shared cores."""
     scales = random_scales(np.random.default_rng(2), 100)
     proven = sum(
         check_scales(scales[i : i + 10], 10 * 10**6, seed=100 + i) for i in range(0, 100, 10)
