@@ -13,6 +13,7 @@ import tvm
 from tvm import relax
 from tvm.relax.frontend.tflite import from_tflite as tvm_from_tflite
 
+from tvm_qnn_ext import op as qnn
 from tvm_qnn_ext.compile import CompiledModel, compile_model
 from tvm_qnn_ext.compile import _specs as specs
 from tvm_qnn_ext.frontend.tflite import from_tflite as our_from_tflite
@@ -471,6 +472,21 @@ def test_no_op_on_our_own_frontend(models):
     mod = our_from_tflite(models["keyword_spotting"])
     new, rep = qdq_to_qnn(mod, hard_fail=True)
     assert rep.rewritten == 0 and not rep.left_in_float
+    tvm.ir.assert_structural_equal(new, relax.transform.Normalize()(mod))
+
+
+def test_existing_qnn_ops_and_integer_clips_are_left_alone():
+    """Folding clips into QNN ops that were there before is the fold stage's job, not ours."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((8,), "int32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            r = bb.emit(qnn.requantize(x, 0.01, 0, 0.05, -3, "int8"))
+            y = bb.emit_output(relax.op.clip(r, -3, 100))
+        bb.emit_func_output(y)
+    mod = bb.get()
+    new, rep = qdq_to_qnn(mod, hard_fail=True)
+    assert rep.rewritten == 0
     tvm.ir.assert_structural_equal(new, relax.transform.Normalize()(mod))
 
 
