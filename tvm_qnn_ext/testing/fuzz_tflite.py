@@ -319,8 +319,9 @@ def _binary(op: str):
         shape = np.broadcast_shapes(a.shape, b.shape)
         act = g.act()
         s, z = g.out_quant(*_after_act(act, flo, fhi), x.dtype)
-        if ties:
-            s = max(a.scale, b.scale) * float(g.rng.choice([1.0, 2.0, 4.0]))
+        if ties:  # the converter's scale rounded up to 2^k times the larger input scale
+            top = max(a.scale, b.scale)
+            s = top * 2.0 ** int(np.clip(np.ceil(np.log2(s / top)), 0, 4))
         # Stay out of LiteRT's int16 wraparound regime of its SIMD ADD/MUL loops.
         reach = 32000 - abs(z)
         if op == "MUL":
