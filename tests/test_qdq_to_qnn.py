@@ -459,6 +459,11 @@ def test_allow_list_leaves_other_regions_in_float_and_says_so():
     assert "qnn.dense" in {op_name_of(b) for b in bindings(mod)}
 
 
+def test_allow_list_with_an_unknown_op_is_named():
+    with pytest.raises(ValueError, match=r"without a tflite rule: \['relax\.nn\.conv3d'\]"):
+        qdq_to_qnn(_unary_region(), ops=["relax.nn.conv2d", "relax.nn.conv3d"])
+
+
 def test_pass_form_records_rewrites():
     with collect_reports() as entries:
         mod = QDQToQNN(hard_fail=True)(tvm_import(OP_MODELS["conv2d_relu6"]()))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
@@ -308,12 +308,6 @@ def _peel_activation(ctx: RewriteContext, expr: relax.Expr):
     return call.args[0], (lo if np.isfinite(lo) else None, hi if np.isfinite(hi) else None)
 
 
-@dataclass
-class _Outcome:
-    rewritten: int = 0
-    left: list[str] = field(default_factory=list)
-
-
 # Rules reject a region by raising NotRewritable; the dialect's constructors reject invalid
 # parameters with these, which equally leave the region in float with the reason.
 _REJECTIONS = (NotRewritable, QnnTypeError, QuantizationParamError)
@@ -325,7 +319,7 @@ class _Rewriter(relax.PyExprMutator):
         super().__init__(mod)
         self.ctx = RewriteContext(self, framework)
         self.ops = None if ops is None else set(ops)
-        self.outcome = _Outcome()
+        self.rewritten = 0
         self.why: dict[relax.Var, str] = {}
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
@@ -338,7 +332,7 @@ class _Rewriter(relax.PyExprMutator):
             super().visit_var_binding_(binding)
         else:
             super().visit_var_binding_(relax.VarBinding(binding.var, new))
-            self.outcome.rewritten += 1
+            self.rewritten += 1
 
     def _rewrite(self, binding: relax.VarBinding, name: str) -> relax.Expr | None:
         try:
@@ -437,6 +431,13 @@ def qdq_to_qnn(
     """Rewrite every QDQ region of ``mod``; return the module and what was left in float."""
     if framework not in FRAMEWORKS:
         raise ValueError(f"unknown framework {framework!r}; expected one of {FRAMEWORKS}")
+    if ops is not None:
+        unknown = sorted(set(ops) - set(region_rule_names(framework)))
+        if unknown:
+            raise ValueError(
+                f"op allow-list names ops without a {framework} rule: {unknown}; "
+                f"known: {region_rule_names(framework)}"
+            )
     load_rules()
     mod = relax.transform.Normalize()(mod)
     total = QDQReport(0, [])
@@ -447,7 +448,7 @@ def qdq_to_qnn(
         rw.ctx.uses = _count_uses(func)
         new = rw.visit_expr(func)
         mod[gv] = new
-        total.rewritten += rw.outcome.rewritten
+        total.rewritten += rw.rewritten
         why = {v.name: msg for v, msg in rw.why.items()}
         mod = relax.transform.DeadCodeElimination()(mod)
         total.left_in_float += [f"{gv.name_hint}: {x}" for x in _float_leftovers(mod[gv], why)]
