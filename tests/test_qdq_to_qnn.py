@@ -361,36 +361,31 @@ def test_real_model_matches_litert_100(models, name):
     compare_with_litert(models[name].read_bytes(), samples=100, seed=1)
 
 
-def _float_edges_only(mod: tvm.IRModule) -> list[str]:
-    """Problems with the legalized, fused module: any PrimFunc with float arithmetic must read a
-    float model input or write a float model output; every other PrimFunc must be integer-only."""
+def _float_kernels(mod: tvm.IRModule) -> tuple[list[str], set[str]]:
+    """(problems, edge kernels) of a legalized, fused module: a PrimFunc with float arithmetic
+    must read a float model input or write a float model output (an edge kernel); every other
+    PrimFunc must be integer-only."""
     main = mod["main"]
     float_params = {p for p in main.params if str(p.ty.dtype).startswith("float")}
-    outputs = set()
-
-    def collect(e):
-        if isinstance(e, relax.Var):
-            outputs.add(e)
-
-    relax.analysis.post_order_visit(main.body.body, collect)
-    problems = []
+    problems, edges = [], set()
     for block in main.body.blocks:
         for b in block.bindings:
             call = b.value
             if not (isinstance(call, relax.Call) and call.op.name == "relax.call_tir"):
                 continue
-            func = mod[call.args[0]]
-            hits = FLOAT_TIR.findall(func.script())
+            name = call.args[0].name_hint
+            hits = FLOAT_TIR.findall(mod[call.args[0]].script())
             if not hits:
                 continue
-            args = list(call.args[1].fields)
-            edge_in = any(a in float_params for a in args)
+            edge_in = any(a in float_params for a in call.args[1].fields)
             edge_out = str(b.var.ty.dtype).startswith("float") and not isinstance(
                 b.var, relax.DataflowVar
             )
-            if not (edge_in or edge_out):
-                problems.append(f"{call.args[0].name_hint}: {hits[0].strip()}")
-    return problems
+            if edge_in or edge_out:
+                edges.add(name)
+            else:
+                problems.append(f"{name}: {hits[0].strip()}")
+    return problems, edges
 
 
 @pytest.mark.parametrize(
@@ -407,12 +402,23 @@ def _float_edges_only(mod: tvm.IRModule) -> list[str]:
 )
 def test_compiled_tir_is_integer_only_between_the_edges(models, name):
     mod = tvm_import(models[name].read_bytes())
-    lowered, _ = run_stages(mod, resolve_target("native"), qdq_hard_fail=True)
-    assert not _float_edges_only(lowered)
+    target = resolve_target("native")
+    lowered, _ = run_stages(mod, target, qdq_hard_fail=True)
+    problems, edges = _float_kernels(lowered)
+    assert not problems
+    # After TVM's build pipeline too, only those edge kernels hold float arithmetic.
+    with target:
+        built = relax.get_pipeline("qnn", target=target, qdq_hard_fail=True)(mod)
+    floats = {
+        gv.name_hint
+        for gv, f in built.functions.items()
+        if isinstance(f, tvm.tirx.PrimFunc) and FLOAT_TIR.search(f.script())
+    }
+    assert floats <= edges, floats - edges
     # the same walk sees TVM's own float lowering of the QDQ graph
-    untouched = relax.transform.LegalizeOps()(mod)
+    untouched = relax.transform.AnnotateTIROpPattern()(relax.transform.LegalizeOps()(mod))
     untouched = relax.transform.FuseTIR()(relax.transform.FuseOps()(untouched))
-    assert _float_edges_only(relax.transform.AnnotateTIROpPattern()(untouched))
+    assert _float_kernels(untouched)[0]
 
 
 # -- report, hard_fail, allow-list, no-op -------------------------------------------------------
