@@ -85,12 +85,12 @@ def test_dynamic_dimensions():
 
 
 def test_region_without_a_rule_stays_float_and_is_reported():
-    """DQ -> Sigmoid -> Q has no ONNX rule: it is reported, hard_fail raises, and the float
+    """DQ -> Softmax -> Q has no ONNX rule: it is reported, hard_fail raises, and the float
     region still computes what onnxruntime does (within one step)."""
-    model = _qdq_model("Sigmoid")
+    model = _qdq_model("Softmax", axis=-1)
     mod, report = from_onnx(model, batch=4, return_report=True)
-    assert any("relax.sigmoid" in line for line in report.left_in_float), report
-    with pytest.raises(QDQRewriteError, match="relax.sigmoid"):
+    assert any("relax.nn.softmax" in line for line in report.left_in_float), report
+    with pytest.raises(QDQRewriteError, match="relax.nn.softmax"):
         from_onnx(model, batch=4, hard_fail=True)
     compiled = compile_model(mod, pipeline_options={"qdq_framework": "onnx"})
     x = np.random.default_rng(0).uniform(-6, 6, (4, 8)).astype(np.float32)

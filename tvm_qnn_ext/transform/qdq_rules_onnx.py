@@ -227,7 +227,15 @@ def add(region: Region) -> relax.Expr:
         acc = ctx.call(acc_expr, *_ACCUMULATING)
         if acc is not None and ctx.single_use(acc_expr) and _is_constant_bias(ctx, bias_expr):
             return _accumulate(region, acc, bias_expr)
-    return _activation_sum(region)
+    try:
+        return _activation_sum(region)
+    except NotRewritable as e:
+        from .qdq_rules_onnx_unary import tabulate  # e.g. ``x + c``: one quantized input
+
+        try:
+            return tabulate(region)
+        except NotRewritable as e2:
+            raise NotRewritable(f"{e}; as a lookup table: {e2}") from None
 
 
 def _is_constant_bias(ctx: RewriteContext, expr) -> bool:
