@@ -252,3 +252,16 @@ def test_allow_list_and_hard_fail_name_the_float_regions(model_path):
     assert any("allow-list" in s for s in report.left_in_float)
     with pytest.raises(QDQRewriteError, match="relax.nn.conv1d"):
         from_onnx(model_path, allow={"relax.mean"}, hard_fail=True)
+
+
+def test_tvm_import_through_the_qnn_pipeline(model_path):
+    """TVM's own importer output, untouched, through the "qnn" pipeline's QDQToQNN stage with
+    the ONNX rules and hard_fail: the same integer model."""
+    from tvm.relax.frontend.onnx import from_onnx as tvm_from_onnx
+
+    model = onnx.load(str(model_path))
+    mod = tvm_from_onnx(model, shape_dict={"log_mel": [2, 64, 21]})
+    compiled = compile_model(mod, pipeline_options={**ONNX_PIPELINE, "qdq_hard_fail": True})
+    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    for x in log_mel_inputs(20, seed=4).reshape(10, 2, 64, 21):
+        np.testing.assert_array_equal(compiled(x)[0], sess.run(None, {"log_mel": x})[0])
