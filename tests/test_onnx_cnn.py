@@ -2,7 +2,8 @@
 
 The float model (Conv+Relu, MaxPool, strided depthwise Conv+Clip(0, 6), two 1x1 Convs added,
 Relu, Concat, GlobalAveragePool, Flatten, Gemm) is built here with random
-weights and quantized with ``quantize_static`` (int8, per-channel weights): the ops most
+weights and quantized with ``quantize_static`` (int8 or uint8 activations, int8 per-channel
+weights): the ops most
 ONNX CNNs use, beyond pulsevad's.
 """
 
@@ -73,7 +74,7 @@ def _inputs(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(0, 1, (n, BATCH, 3, 16, 16)).astype(np.float32)
 
 
-@pytest.fixture(scope="module", params=["QDQ", "QOperator"])
+@pytest.fixture(scope="module", params=["QDQ-QInt8", "QOperator-QInt8", "QDQ-QUInt8"])
 def quantized(request, tmp_path_factory):
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -91,17 +92,18 @@ def quantized(request, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("cnn")
     onnx.save(_float_cnn(), folder / "cnn.onnx")
+    fmt, activations = request.param.split("-")
     out = folder / f"cnn_{request.param}.onnx"
     quantize_static(
         str(folder / "cnn.onnx"),
         str(out),
         Reader(),
-        quant_format=getattr(QuantFormat, request.param),
-        activation_type=QuantType.QInt8,
+        quant_format=getattr(QuantFormat, fmt),
+        activation_type=getattr(QuantType, activations),
         weight_type=QuantType.QInt8,
         per_channel=True,
     )
-    return request.param, onnx.load(str(out))
+    return fmt, onnx.load(str(out))
 
 
 def test_cnn_within_one_step_of_onnxruntime(quantized):
