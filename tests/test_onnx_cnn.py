@@ -1,9 +1,8 @@
 """A small CNN quantized by onnxruntime (QDQ and QOperator formats) against onnxruntime.
 
 The float model (Conv+Relu, MaxPool, strided depthwise Conv+Clip(0, 6), two 1x1 Convs added,
-Relu, Concat, GlobalAveragePool, Flatten, Gemm) is built here with random
-weights and quantized with ``quantize_static`` (int8 or uint8 activations, int8 per-channel
-weights): the ops most
+Relu, Concat, GlobalAveragePool, Flatten, Gemm) is built here with random weights and quantized
+with ``quantize_static`` (int8 or uint8 activations, int8 per-channel weights): the ops most
 ONNX CNNs use, beyond pulsevad's.
 """
 
