@@ -1,18 +1,22 @@
 """QDQToQNN rules for TVM's ONNX frontend output, following onnxruntime's CPU arithmetic.
 
-onnxruntime fuses QDQ groups into integer kernels (QLinearConv, QGemm, QLinearAdd) and runs
-the rest in float; both round half to even in float32:
+onnxruntime fuses QDQ groups into integer kernels (QLinearConv, QGemm, QLinearAdd, ...) and
+runs the rest in float; both round half to even:
 
 * Conv / Gemm: ``acc = sum((x - zx) * (w - zw)) + bias_int32`` (the stored int32 bias, as is),
   then ``acc * fl32(fl32(sx * sw[c]) / sy)`` in float32.  A float32 multiplier is exact in Q31,
-  so one integer rounding (``tonearest``) of the exact product equals onnxruntime's result
-  unless that product lies within a float32 ulp of a .5 tie.
+  so one integer rounding of the exact product equals onnxruntime's result unless that product
+  lies within a float32 ulp of a .5 tie.
 * Add: ``a' * fl32(sa / sy) + b' * fl32(sb / sy)``; we sum both inputs in int32 at a common
   scale ``2^-20 * max(sa, sb)`` and requantize once.
 * ``DQ -> Relu/Clip -> Q`` and plain ``DQ -> Q``: a requantize whose saturation bounds are the
   clip (exact when the scales are equal, the usual case).
-* ReduceMean: ``qnn.mean``, one rounding of the centred sum.
+* ReduceMean / GlobalAveragePool: the centred sum, requantized once.  AveragePool: the window
+  sum (a depthwise ``qnn.conv2d`` with weights 1), requantized once.  Concat: per input.
+* Elementwise functions of one tensor: lookup tables (:mod:`.qdq_rules_onnx_unary`).
 
+Every requantize rounds ties to even: ``qnn.requantize``'s ``tonearest`` (ties away) where no
+input in range can be a tie, else explicit integer Relax (:mod:`.requantize_half_even`).
 Conv1d is ``qnn.conv2d`` on an H=1 view (NCW -> NC1W).  The model's input quantize stays TVM's
 ``R.quantize``, which is exactly ONNX QuantizeLinear (``x / s``, ties to even, saturate).
 """
