@@ -193,3 +193,22 @@ def test_resize_bilinear_uint8_rejected():
     assert case["dtype"] == "uint8"
     with pytest.raises(TFLiteImportError, match="RESIZE_BILINEAR: uint8 input"):
         from_tflite(_model("RESIZE_BILINEAR", case))
+
+
+def test_resize_bilinear_uint8_float32_reference_matches_litert():
+    """What an integer-only uint8 RESIZE_BILINEAR would have to reproduce: LiteRT's float32
+    arithmetic, checked operation by operation on 100 random models."""
+    from tvm_qnn_ext.quantization.resize import resize_bilinear_uint8_float32
+
+    rng = np.random.default_rng(17)
+    for i in range(100):
+        case = dict(CASES[1], seed=i)
+        case["align_corners"], case["half_pixel_centers"] = BILINEAR_OPTIONS[i % 3]
+        case["in_shape"] = (1, int(rng.integers(1, 9)), int(rng.integers(1, 9)), 3)
+        case["size"] = (int(rng.integers(1, 20)), int(rng.integers(1, 20)))
+        x = _random_input(case, rng)
+        (want,) = LiteRTRunner(_model("RESIZE_BILINEAR", case))([x])
+        got = resize_bilinear_uint8_float32(
+            x, case["size"], case["align_corners"], case["half_pixel_centers"]
+        )
+        np.testing.assert_array_equal(got, want, err_msg=str(case))
