@@ -104,30 +104,51 @@ def schedule_dot_kernel(
     """Schedule a fused kernel ``[pad] -> dot -> [sums] -> accumulate -> epilogue...``.
 
     The elementwise epilogue (accumulate, requantize, activation) is inlined into one block
-    computed per register tile; the input pad and any window/row sums run as their own
-    parallel loops before it.
+    computed per register tile; the input pad runs as its own parallel loop before it.  With
+    window/row sums (a weight zero point that the 128-shift did not cancel) the epilogue also
+    reads them, and TVM cannot place a block under a loop that its root-level producers are
+    not under, so then the epilogue runs after the whole dot product instead (as it does when
+    it writes a differently shaped tensor, e.g. a fused PAD).
     """
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     names = [sch.get(b).name_hint for b in blocks]
     at = names.index(sch.get(anchor).name_hint)
-    for b in blocks[:at] + [b for b in blocks[at + 1 :] if _is_reduction(sch, b)]:
-        _parallel_elementwise(sch, b)
+    sums = [b for b in blocks[at + 1 :] if _is_reduction(sch, b)]
     epilogue = [b for b in blocks[at + 1 :] if not _is_reduction(sch, b)]
     for b in epilogue[:-1]:
         sch.compute_inline(b)
-    tile = tile_dot(sch, anchor, ins, n_spatial, epilogue[-1] if epilogue else None)
-    return f"{ins.name} tile {tile} ({tile.rows * tile.blocks} accumulators)"
+    for b in blocks[:at] + sums + (epilogue[-1:] if sums else []):
+        _parallel(sch, b)
+    fused = epilogue[-1] if epilogue and not sums else None
+    if fused is not None and not _same_domain(sch, fused, anchor):
+        _parallel(sch, fused)
+        fused = None
+    tile = tile_dot(sch, anchor, ins, n_spatial, fused)
+    where = "per tile" if fused is not None else "after the dot product"
+    return f"{ins.name} tile {tile} ({tile.rows * tile.blocks} accumulators), epilogue {where}"
 
 
-def _parallel_elementwise(sch: s_tir.Schedule, block: SBlockRV) -> None:
-    """Outer loops in parallel and the innermost vectorized, when the block allows it."""
+def _same_domain(sch: s_tir.Schedule, epilogue: SBlockRV, anchor: SBlockRV) -> bool:
+    """Whether the epilogue iterates over exactly the dot's outputs (minus channel padding).
+
+    A fused PAD, for one, writes a larger tensor: computed per tile, its border would be
+    skipped, so such an epilogue must run on its own.
+    """
+    dot = [int(iv.dom.extent) for iv in sch.get(anchor).iter_vars if int(iv.iter_type) == 0]
+    out = [int(iv.dom.extent) for iv in sch.get(epilogue).iter_vars]
+    return len(out) == len(dot) and out[:-1] == dot[:-1] and out[-1] <= dot[-1]
+
+
+def _parallel(sch: s_tir.Schedule, block: SBlockRV) -> None:
+    """Outer loops in parallel; elementwise blocks also vectorize the innermost loop."""
     loops = sch.get_loops(block)
-    spatial = [
-        lp
-        for lp, iv in zip(loops, sch.get(block).iter_vars, strict=False)
-        if int(iv.iter_type) == 0
-    ]
-    if len(spatial) == len(loops) and len(loops) > 1:
+    if len(loops) < 2:
+        return
+    if not _is_reduction(sch, block):
         vectorize_channels(sch, block, 16)
         loops = sch.get_loops(block)
         sch.parallel(sch.fuse(*loops[: max(1, len(loops) - 2)]))
+    else:
+        n_spatial = sum(int(iv.iter_type) == 0 for iv in sch.get(block).iter_vars)
+        if n_spatial:
+            sch.parallel(sch.fuse(*loops[:n_spatial]))

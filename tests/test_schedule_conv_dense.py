@@ -1,0 +1,156 @@
+"""Tensorized conv2d/dense kernels (packed weights, fused requantize) vs the numpy reference.
+
+Every case goes through the full "qnn" pipeline for a target whose best instruction is the one
+under test, so legalization packs the weights for it and the schedule tensorizes with it.
+Instructions this CPU cannot run are skipped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from tvm_qnn_ext import op
+from tvm_qnn_ext.quantization import conv as ref
+from tvm_qnn_ext.quantization import requantize
+from tvm_qnn_ext.target import detect_cpu, dot_product, resolve_target
+from tvm_qnn_ext.testing.batch import Case, build_module
+from tvm_qnn_ext.transform import run_stages
+
+# A target per x86 instruction: the instruction is the best one that CPU model has.
+TARGETS = {
+    "avx512_vnni": {"kind": "llvm", "mcpu": "znver4"},
+    "avx_vnni": {"kind": "llvm", "mcpu": "alderlake"},
+    "avx512bw_pmadd": {"kind": "llvm", "mcpu": "skylake-avx512"},
+    "avx2_pmadd": {"kind": "llvm", "mcpu": "haswell"},
+    "generic": {"kind": "llvm"},
+}
+
+
+def _runnable(name: str) -> dict:
+    tgt = tvm.target.Target(TARGETS[name])
+    if dot_product.select(tgt).name != name:
+        pytest.skip(f"{TARGETS[name]} does not select {name}")
+    missing = dot_product.target_features(tgt) - detect_cpu().features
+    if missing or (dot_product.target_arch(tgt) != detect_cpu().arch and name != "generic"):
+        pytest.skip(f"this CPU cannot run {name} (lacks {sorted(missing)})")
+    return TARGETS[name]
+
+
+def _rand_int(rng, shape, dtype) -> np.ndarray:
+    info = np.iinfo(dtype)
+    return rng.integers(info.min, int(info.max) + 1, shape).astype(dtype)
+
+
+def _zp(rng, dtype) -> int:
+    info = np.iinfo(dtype)
+    return int(rng.integers(info.min, int(info.max) + 1))
+
+
+def _requantized(rng, acc_expr, acc_ref, channels, axis):
+    """Half the cases end in a per-channel requantize to int8, fused into the kernel."""
+    if rng.integers(2):
+        return acc_expr, acc_ref
+    in_scale = list(rng.uniform(1e-5, 1e-3, channels))
+    out_scale, out_zp = float(rng.uniform(0.01, 0.2)), _zp(rng, "int8")
+    expr = op.requantize(acc_expr, in_scale, 0, out_scale, out_zp, "int8", axis=axis)
+    return expr, requantize(acc_ref, in_scale, 0, out_scale, out_zp, "int8", axis=axis)
+
+
+def _conv_case(rng) -> Case:
+    c, o = int(rng.integers(1, 41)), int(rng.integers(1, 50))
+    kh, kw = (int(k) for k in rng.choice([1, 1, 3, 3, 5, 2], 2))
+    while True:
+        h, w = (int(v) for v in rng.integers(1, 17, 2))
+        strides = tuple(int(v) for v in rng.integers(1, 3, 2))
+        dilation = tuple(int(v) for v in rng.choice([1, 1, 1, 2], 2))
+        padding = tuple(int(v) for v in rng.integers(0, 3, 4))
+        if (
+            h + padding[0] + padding[2] >= dilation[0] * (kh - 1) + 1
+            and w + padding[1] + padding[3] >= dilation[1] * (kw - 1) + 1
+        ):
+            break
+    dx, dw = (("int8", "uint8")[i] for i in rng.integers(2, size=2))
+    x = _rand_int(rng, (int(rng.integers(1, 3)), h, w, c), dx)
+    weight = _rand_int(rng, (o, kh, kw, c), dw)
+    bias = rng.integers(-(2**20), 2**20, o).astype("int32") if rng.integers(2) else None
+    kzp = 0 if dw == "int8" else ([_zp(rng, dw) for _ in range(o)] if rng.integers(2) else 128)
+    attrs = dict(
+        strides=strides, padding=padding, dilation=dilation, input_zero_point=_zp(rng, dx),
+        kernel_zero_point=kzp,
+    )  # fmt: skip
+    acc = ref.conv2d(x, weight, bias, **attrs)
+    epilogue = int(rng.integers(3))  # none, requantize, requantize + PAD (fused, larger output)
+    pads = [0, 0, 0, 1, 0, 1, 0, 0]
+
+    def build(xv):
+        b = None if bias is None else relax.const(bias)
+        expr = op.conv2d(xv, relax.const(weight), b, **attrs)
+        if epilogue:
+            expr = op.requantize(expr, scales, 0, 0.05, 3, "int8", axis=3)
+        if epilogue == 2:
+            expr = relax.op.nn.pad(expr, pads, "constant", 3)
+        return expr
+
+    scales = list(rng.uniform(1e-5, 1e-3, o))
+    expected = requantize(acc, scales, 0, 0.05, 3, "int8", axis=3) if epilogue else acc
+    if epilogue == 2:
+        expected = np.pad(expected, np.reshape(pads, (4, 2)), constant_values=3)
+    return Case([x], build, dict(attrs, expected=expected, shape=(x.shape, weight.shape)))
+
+
+def _dense_case(rng) -> Case:
+    k, units = int(rng.integers(1, 300)), int(rng.integers(1, 70))
+    lead = tuple(int(v) for v in rng.integers(1, 6, rng.integers(1, 3)))
+    dx, dw = (("int8", "uint8")[i] for i in rng.integers(2, size=2))
+    x = _rand_int(rng, lead + (k,), dx)
+    layout = ("NK", "KN")[rng.integers(2)]
+    weight = _rand_int(rng, (units, k) if layout == "NK" else (k, units), dw)
+    bias = rng.integers(-(2**20), 2**20, units).astype("int32")
+    kzp = 0 if dw == "int8" else _zp(rng, dw)
+    attrs = dict(input_zero_point=_zp(rng, dx), kernel_zero_point=kzp, weight_layout=layout)
+    acc = ref.dense(x, weight, bias, **attrs)
+    epilogue = rng.integers(2)
+    scales = list(rng.uniform(1e-5, 1e-3, units))
+    axis = len(lead)
+
+    def build(xv):
+        expr = op.dense(xv, relax.const(weight), relax.const(bias), **attrs)
+        if epilogue:
+            return op.requantize(expr, scales, 0, 0.05, -7, "int8", axis=axis)
+        return expr
+
+    expected = requantize(acc, scales, 0, 0.05, -7, "int8", axis=axis) if epilogue else acc
+    return Case([x], build, dict(attrs, expected=expected, shape=(x.shape, weight.shape)))
+
+
+def _run_pipeline(cases, target) -> tuple[list[np.ndarray], list[str]]:
+    """The "qnn" pipeline's stages (keeping their reports), then TVM's default build."""
+    tgt = resolve_target(target)
+    mod = relax.transform.ConvertToDataflow()(build_module(cases))  # so FuseOps can fuse
+    mod, results = run_stages(mod, tgt, trace=True)
+    ex = tvm.compile(mod, tgt, relax_pipeline=relax.get_pipeline("default"))
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    outs = []
+    for i, case in enumerate(cases):
+        outs.append(vm[f"case_{i}"](*[tvm.runtime.tensor(a) for a in case.inputs]).numpy())
+    return outs, [str(e) for r in results for e in r.reports]
+
+
+def _check(cases, target):
+    outs, reports = _run_pipeline(cases, target)
+    for i, (case, out) in enumerate(zip(cases, outs, strict=True)):
+        np.testing.assert_array_equal(out, case.meta["expected"], err_msg=f"case {i}: {case.meta}")
+    return reports
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_conv2d_and_dense_match_reference(name):
+    target = _runnable(name)
+    rng = np.random.default_rng(sorted(TARGETS).index(name))
+    cases = [_conv_case(rng) for _ in range(24)] + [_dense_case(rng) for _ in range(10)]
+    reports = _check(cases, target)
+    scheduled = [r for r in reports if f": {name} tile" in r]
+    assert len(scheduled) >= len(cases) // 2, reports
