@@ -17,6 +17,7 @@ from tvm_qnn_ext import op as qnn
 from tvm_qnn_ext.compile import CompiledModel, compile_model
 from tvm_qnn_ext.compile import _specs as specs
 from tvm_qnn_ext.frontend.tflite import from_tflite as our_from_tflite
+from tvm_qnn_ext.models import default_cache_dir
 from tvm_qnn_ext.oracle import io_specs, litert, random_input
 from tvm_qnn_ext.quantization import dtype_range
 from tvm_qnn_ext.target import resolve_target
@@ -317,6 +318,16 @@ def test_real_model_matches_litert(models, name):
 
 # The attributes that carry LiteRT's arithmetic choices.
 EXACTNESS_ATTRS = ("rounding", "neon_channels", "neon_flat", "litert_simd")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["per_channel", "per_tensor"])
+def test_mobilenet_v2_matches_litert(kind):
+    """The opt-in MobileNetV2-224 models (docs/MODELS.md; made offline with TensorFlow)."""
+    path = default_cache_dir() / f"mobilenet_v2_224_int8_{kind}.tflite"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent (benchmarks/make_mobilenetv2.py makes it offline)")
+    compare_with_litert(path.read_bytes(), samples=10)
 
 
 def _op_counts(mod: tvm.IRModule) -> Counter:
