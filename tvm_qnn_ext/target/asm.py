@@ -28,4 +28,5 @@ def assembly(compiled) -> str:
 
 def count_instruction(asm: str, mnemonic: str) -> int:
     """How many times ``mnemonic`` (e.g. "vpdpbusd") appears as an instruction."""
-    return len(re.findall(rf"^\s*{re.escape(mnemonic)}\b", asm, flags=re.MULTILINE))
+    prefix = r"^\s*(?:\{\w+\}\s*)?"  # an encoding prefix such as {vex}
+    return len(re.findall(rf"{prefix}{re.escape(mnemonic)}\b", asm, flags=re.MULTILINE))
