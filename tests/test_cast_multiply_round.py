@@ -13,6 +13,7 @@ from tvm import relax
 
 from tvm_qnn_ext.compile import compile_model
 from tvm_qnn_ext.transform import collect_reports
+from tvm_qnn_ext.transform import float32_emulation as fe
 from tvm_qnn_ext.transform.cast_multiply_round import (
     CastMultiplyRoundToRequantize,
     build_steps,
@@ -81,6 +82,16 @@ def op_names(mod) -> list[str]:
     return names
 
 
+def float_values(mod) -> int:
+    """How many bindings of main compute a float tensor."""
+    return sum(
+        str(b.var.ty.dtype).startswith("float")
+        for block in mod["main"].body.blocks
+        for b in block.bindings
+        if isinstance(b.var.ty, relax.TensorType)
+    )
+
+
 def accumulators(rng, scale: float, n: int) -> np.ndarray:
     """int32 inputs: half where the output does not saturate, a quarter anywhere in int32, a
     quarter just around the rounding boundaries (x * scale near k + 1/2)."""
@@ -107,7 +118,7 @@ def check_scales(scales, n_inputs, seed) -> int:
     mod = module([float_chain(s) for s in scales], (n_inputs,))
     _, strict = rewrite(mod)
     out, msgs = rewrite(mod, allow_inexact=True)
-    assert "relax.round" not in op_names(out)
+    assert float_values(out) == 0
     assert op_names(out).count("qnn.requantize") == len(scales)
     proven = ["proven bit-exact" in m for m in msgs]
     assert proven == ["left in float" not in m for m in strict], strict
@@ -267,21 +278,51 @@ def test_seed_003_full_graph_both_chains():
     np.testing.assert_array_equal(compile_model(out)(x)[0], run_float(mod, x)[0])
 
 
-def test_ties_refused_and_inexact_bound_is_exact():
+def test_ties_emulated_or_refused_and_inexact_bound_is_exact():
     """A power-of-two float scale puts products on .5 ties, which round() sends to even; no
-    single-rounding integer mode does that, so the pass refuses.  With allow_inexact it rewrites
-    and its reported bound matches an exhaustive count over every int16 input."""
+    single-rounding fixed point does that.  The pass refuses; with emulate_float32 the integer
+    float32 emulation rewrites it exactly; with allow_inexact its reported bound matches an
+    exhaustive count over every int16 input."""
     mod = module([float_chain(np.float32(2.0**-7))], (65_536,), dtype="int16")
+    x = np.arange(-(2**15), 2**15, dtype=np.int16)
+    want = run_float(mod, x)[0]
+    out, msgs = rewrite(mod, emulate_float32=True)
+    assert "float32 emulated in int64 ops" in msgs[0] and "proven bit-exact" in msgs[0], msgs
+    assert float_values(out) == 0
+    np.testing.assert_array_equal(compile_model(out)(x)[0], want)
     out, msgs = rewrite(mod)
     assert "left in float" in msgs[0] and "ties to even" in msgs[0], msgs
     assert op_names(out).count("relax.round") == 1
     out, msgs = rewrite(mod, allow_inexact=True)
     assert "NOT exact" in msgs[0], msgs
-    x = np.arange(-(2**15), 2**15, dtype=np.int16)
-    diff = compile_model(out)(x)[0].astype(np.int64) - run_float(mod, x)[0]
+    diff = compile_model(out)(x)[0].astype(np.int64) - want
     steps, count = int(np.abs(diff).max()), int(np.count_nonzero(diff))
     assert f"differs by at most {steps} step(s) on {count} input value(s)" in msgs[0], msgs
     assert steps == 1 and count > 0
+
+
+def test_integer_float32_emulation_matches_ieee():
+    """The emulation's numpy form (the one each rewrite is checked with) against numpy float32
+    on 200 scales: random int32, |x| around 2^24 where fl32(x) starts rounding, and inputs whose
+    products sit next to .5."""
+    rng = np.random.default_rng(7)
+    ops = fe.NumpyOps()
+    for i in range(200):
+        s = np.float32(10.0 ** rng.uniform(-9, 3) if i % 5 else 2.0 ** rng.integers(-30, 8))
+        ms, es = fe.split_scale(s)
+        assert ms * 2.0**es == s and 2**23 <= ms < 2**24
+        near = np.round((rng.integers(-300, 300, 3000) + 0.5) / s) + rng.integers(-2, 3, 3000)
+        x = np.concatenate(
+            [
+                rng.integers(I32.min, I32.max, 3000, endpoint=True),
+                rng.integers(2**24 - 50, 2**24 + 50, 200) * rng.choice([-1, 1], 200),
+                np.clip(near, I32.min, I32.max),
+                [I32.min, I32.max, 0, 1, -1],
+            ]
+        ).astype(np.int64)
+        want = np.rint(x.astype(np.float32) * s).astype(np.float64)
+        got = fe.multiply_round(ops, x, ms, es).astype(np.float64)
+        np.testing.assert_array_equal(got, want, err_msg=f"scale {s!r}")
 
 
 @pytest.mark.parametrize(

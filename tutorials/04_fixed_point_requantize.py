@@ -127,6 +127,11 @@ pow2 = one_op_module(lambda x: float_chain(x, np.float32(2.0**-7)), (1024,))
 _, msgs = rewrite(pow2)
 print("power-of-two float chain :", msgs[0].split(": ", 1)[1][:160], "...")
 assert "left in float" in msgs[0]
+# Integers can still follow float32 exactly: round |x| and the product to 24 significant bits,
+# nearest even, then shift with ties to even (transform/float32_emulation.py, ~80 int64 ops).
+_, msgs = rewrite(pow2, emulate_float32=True)
+print("  with emulate_float32   :", msgs[0].split("=> ", 1)[1])
+assert "float32 emulated in int64 ops" in msgs[0] and "proven bit-exact" in msgs[0]
 
 seed = one_op_module(lambda x: float_chain(x, scale), (1, 4, 56, 56, 16))
 seed_rewritten, msgs = rewrite(seed)
@@ -223,6 +228,11 @@ print(f"micro_speech has {n_chains} requantizes (conv per channel, dense).  As f
 for m in msgs:
     print("   ", m.split(": ", 1)[0], "...", m.split("); ", 1)[-1][:110])
 assert n_chains == 2 and all("left in float" in m for m in msgs)
+_, msgs = rewrite(chains, emulate_float32=True)
+print("with emulate_float32=True both are rewritten to integer-only code, proven exact:")
+for m in msgs:
+    print("   ", m.split(": ", 1)[0], "...", m.split("=> ", 1)[-1][:110])
+assert all("proven bit-exact" in m for m in msgs)
 inexact, msgs = rewrite(chains, allow_inexact=True)
 bounds = [int(m.split("at most ")[1].split(" ")[0]) for m in msgs]
 print("with allow_inexact=True they are rewritten anyway and the report states the bound:")
@@ -271,5 +281,6 @@ print("Answer: a float scale becomes M * 2^-T exactly (24 significant bits fit i
 print("integer multiply is never less accurate than the float32 one; the two differ only where")
 print("float32 rounds a product onto a .5 tie (or rounds an input above 2^24).  Use the")
 print("framework's rounding (TFLite's) to match LiteRT.  CastMultiplyRoundToRequantize rewrites")
-print("a float chain only where it proves the integer version equal on every input, and")
-print("otherwise says where they differ and by how much.")
+print("a float chain only where it proves the integer version equal on every input (one")
+print("multiplier, or opt-in float32 emulation in int64), and otherwise says where they")
+print("differ and by how much.")

@@ -30,6 +30,7 @@ from tvm import relax
 
 from ..op.rescale import requantize
 from ..quantization import affine, dtype_range
+from . import float32_emulation as fe
 from .int_range import value_range
 from .pipeline import pipeline_stage
 from .report import report
@@ -121,7 +122,7 @@ def find_chains(block: relax.DataflowBlock, result: relax.Expr) -> list[list[Cha
             inner.add(x)  # feeds exactly one chain op: not an end
     found = []
     for b in block.bindings:
-        if matched.get(b.var) is None or b.var in inner or not _is_int(_dtype(b.var)):
+        if matched.get(b.var) is None or b.var in inner or _dtype(b.var) not in OUT_DTYPES:
             continue
         records, var = [], b.var
         while True:
@@ -132,7 +133,7 @@ def find_chains(block: relax.DataflowBlock, result: relax.Expr) -> list[list[Cha
             var = x
         candidates = []
         for start, (source, _, _) in enumerate(records):
-            if not _is_int(_dtype(source)):
+            if _dtype(source) not in OUT_DTYPES:
                 continue
             tail = records[start:]
             raw = [(k, c, _dtype(v)) for _, v, steps in tail for k, c in steps]
@@ -259,6 +260,10 @@ class Fit:
     out_zp: np.ndarray
     out_min: int
     out_max: int
+    scale: np.ndarray | None = None  # float32 per channel, for rounding="float32_emulated"
+
+
+EMULATED = "float32_emulated"
 
 
 def _zero_points(steps: list[Step], channels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -348,7 +353,9 @@ class Proof:
     witness: int | None = None  # an input where the rewrite differs
 
 
-def prove(chain: Chain, steps, channels, src_range, out_dtype, allow_inexact) -> Proof:
+def prove(
+    chain: Chain, steps, channels, src_range, out_dtype, allow_inexact, emulate=True
+) -> Proof:
     xmin, xmax = src_range
     lo_x = np.full((channels, 1), xmin, dtype=np.int64)
     hi_x = np.full((channels, 1), xmax, dtype=np.int64)
@@ -382,6 +389,11 @@ def prove(chain: Chain, steps, channels, src_range, out_dtype, allow_inexact) ->
         if np.array_equal(_apply(fit, pts, chain, out_dtype), evaluate(steps, pts)):
             return Proof(fit, True, int(t.size))
         reasons.append(f"{rounding}: the reference requantize disagrees at a threshold")
+    if emulate:
+        fit = _emulation(steps, t, src_range, zout, (out_min, out_max))
+        if fit is not None:
+            return Proof(fit, True, int(t.size))
+        reasons.append("float32 emulation: the chain is not cast -> multiply -> round -> ...")
     near = _inexact(chain, steps, scale, zin, zout, (out_min, out_max), src_range, out_dtype)
     if not allow_inexact:
         raise Refused(
@@ -390,6 +402,33 @@ def prove(chain: Chain, steps, channels, src_range, out_dtype, allow_inexact) ->
             f"value(s), e.g. x={near.witness} (float round() sends .5 ties to even)"
         )
     return near
+
+
+def _emulation(steps, t, src_range, zout, bounds) -> Fit | None:
+    """The integer float32 emulation, checked against the chain at every threshold, both ends
+    and 4096 random inputs per channel; None when the chain has another form."""
+    scale = fe.chain_scale(steps)
+    if scale is None:
+        return None
+    xmin, xmax = src_range
+    channels = t.shape[0]
+    rng = np.random.default_rng(0)
+    pts = np.concatenate(
+        [
+            np.full((channels, 1), xmin),
+            np.full((channels, 1), xmax),
+            np.maximum(t - 1, xmin),
+            np.minimum(t, xmax),
+            rng.integers(xmin, xmax, (channels, 4096), endpoint=True),
+        ],
+        axis=1,
+    ).astype(np.int64)
+    zp = zout.reshape(-1, 1)
+    got = fe.requantize_numpy(pts, scale, zp, *bounds)
+    if not np.array_equal(got, evaluate(steps, pts)):
+        return None
+    zero = np.zeros(channels, np.int64)
+    return Fit(EMULATED, scale.reshape(-1), zero, zout, *bounds, scale=scale.reshape(-1))
 
 
 def _apply(fit: Fit, x: np.ndarray, chain: Chain, out_dtype: str) -> np.ndarray:
@@ -450,7 +489,7 @@ def _source_range(chain: Chain, options: dict) -> tuple[int, int]:
     return lo, hi
 
 
-def _prove_chain(chain: Chain, options: dict, allow_inexact: bool):
+def _prove_chain(chain: Chain, options: dict, allow_inexact: bool, emulate: bool):
     out_dtype = _dtype(chain.end)
     if out_dtype not in OUT_DTYPES or _dtype(chain.source) not in OUT_DTYPES:
         raise Refused(f"qnn.requantize maps {OUT_DTYPES} to {OUT_DTYPES}")
@@ -460,7 +499,7 @@ def _prove_chain(chain: Chain, options: dict, allow_inexact: bool):
         raise Refused("the input shape is not static") from None
     steps, axis, channels = build_steps(chain)
     src_range = _source_range(chain, options)
-    proof = prove(chain, steps, channels, src_range, out_dtype, allow_inexact)
+    proof = prove(chain, steps, channels, src_range, out_dtype, allow_inexact, emulate)
     return proof, axis, channels, src_range
 
 
@@ -475,6 +514,20 @@ def _emit(chain: Chain, proof: Proof, axis, channels, src_range) -> relax.Expr:
             f"{proof.differing} input value(s) of {where}"
         )
     per = "per tensor" if axis is None else f"per channel (axis {axis}, {channels} channels)"
+    if fit.rounding == EMULATED:
+        report(STAGE, f"{_describe(chain)} => float32 emulated in int64 ops ({per}): {how}")
+        ndim = len(chain.source.ty.shape.values)
+        return lambda bb: fe.requantize_relax(
+            bb,
+            chain.source,
+            fit.scale,
+            fit.out_zp,
+            fit.out_min,
+            fit.out_max,
+            _dtype(chain.end),
+            axis,
+            ndim,
+        )
     report(STAGE, f"{_describe(chain)} => qnn.requantize(rounding={fit.rounding}, {per}): {how}")
     one = (lambda v: v) if axis is not None else (lambda v: v[0])
     return requantize(
@@ -491,18 +544,21 @@ def _emit(chain: Chain, proof: Proof, axis, channels, src_range) -> relax.Expr:
     )
 
 
-def rewrite_chain(candidates: list[Chain], options: dict) -> relax.Expr | None:
-    """The first candidate proven exact; else, with ``allow_inexact``, the longest with its
-    bound; else None and the longest one's refusal is reported."""
+def rewrite_chain(candidates: list[Chain], options: dict):
+    """The first candidate proven exact with one multiplier; else the first that the integer
+    float32 emulation reproduces (``emulate_float32``); else, with ``allow_inexact``, the
+    longest with its bound; else None, and the longest one's refusal is reported."""
     refusal = None
-    for chain in candidates:
-        try:
-            return _emit(chain, *_prove_chain(chain, options, False))
-        except Refused as why:
-            refusal = refusal or why
+    tries = [False, True] if options.get("emulate_float32", False) else [False]
+    for emulate in tries:
+        for chain in candidates:
+            try:
+                return _emit(chain, *_prove_chain(chain, options, False, emulate))
+            except Refused as why:
+                refusal = why if emulate or refusal is None else refusal
     if options.get("allow_inexact", False):
         try:
-            return _emit(candidates[0], *_prove_chain(candidates[0], options, True))
+            return _emit(candidates[0], *_prove_chain(candidates[0], options, True, False))
         except Refused as why:
             refusal = why
     report(STAGE, f"{_describe(candidates[0])}: left in float: {refusal}")
@@ -510,11 +566,18 @@ def rewrite_chain(candidates: list[Chain], options: dict) -> relax.Expr | None:
 
 
 def CastMultiplyRoundToRequantize(  # noqa: N802  (named like a TVM pass)
-    allow_inexact: bool = False, input_range: dict | None = None
+    allow_inexact: bool = False, input_range: dict | None = None, emulate_float32: bool = False
 ) -> tvm.transform.Pass:
     """Rewrite provably exact float requantize chains; ``input_range`` maps an input var's name
-    to a narrower (lo, hi) than its dtype's."""
-    options = {"allow_inexact": allow_inexact, "input_range": input_range or {}}
+    to a narrower (lo, hi) than its dtype's.  ``emulate_float32=True`` rewrites the chains one
+    multiplier cannot reproduce into int64 ops that follow float32 exactly (integer-only and
+    proven, but ~80 ops each; fused into one kernel they currently cost ~7 s of compile time
+    per chain, hence opt-in)."""
+    options = {
+        "allow_inexact": allow_inexact,
+        "input_range": input_range or {},
+        "emulate_float32": emulate_float32,
+    }
 
     def rewrite(block, result):
         new = {}
@@ -531,5 +594,7 @@ def CastMultiplyRoundToRequantize(  # noqa: N802  (named like a TVM pass)
 def _stage(target: tvm.target.Target, options: dict) -> tvm.transform.Pass:
     """Float requantize chains (cast -> multiply -> round -> clip -> cast) -> qnn.requantize."""
     return CastMultiplyRoundToRequantize(
-        options.get("allow_inexact", False), options.get("input_range")
+        options.get("allow_inexact", False),
+        options.get("input_range"),
+        options.get("emulate_float32", False),
     )

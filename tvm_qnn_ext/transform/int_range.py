@@ -21,7 +21,7 @@ def value_range(expr: relax.Expr, defs: dict, depth: int = 0) -> Range:
     """(lo, hi) bounding every element of ``expr``; floats for float tensors."""
     ty = expr.ty
     dtype = str(ty.dtype) if isinstance(ty, relax.TensorType) else ""
-    full = dtype_range(dtype) if dtype.startswith(("int", "uint")) else (-np.inf, np.inf)
+    full = _full_range(dtype)
     value = defs.get(expr) if isinstance(expr, relax.Var) else expr
     c = constant(value) if value is not None else None
     if c is not None and c.size:
@@ -35,6 +35,19 @@ def value_range(expr: relax.Expr, defs: dict, depth: int = 0) -> Range:
     if dtype.startswith(("int", "uint")) and (lo < full[0] or hi > full[1]):
         return full  # the op may wrap: nothing better is known
     return lo, hi
+
+
+def _full_range(dtype: str) -> Range:
+    if dtype in ("int8", "uint8", "int16", "uint16", "int32"):
+        return dtype_range(dtype)
+    if dtype.startswith(("int", "uint")):
+        bits = int(dtype.lstrip("uint") or 64)
+        return (
+            (0, 2.0**bits - 1)
+            if dtype.startswith("u")
+            else (-(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1)
+        )
+    return -np.inf, np.inf
 
 
 def _from_producer(value: relax.Expr, defs: dict, depth: int) -> Range | None:

@@ -47,7 +47,8 @@ def call_name(expr: relax.Expr) -> str | None:
 def replace_values(func: relax.Function, new: dict[relax.Var, relax.Expr]) -> relax.Function:
     """``func`` with the bindings of the vars in ``new`` given new values; dead bindings go.
 
-    A new value may nest calls: their intermediate results become bindings before it.
+    A new value may nest calls: their intermediate results become bindings before it.  It may
+    also be a function of the BlockBuilder that emits its own bindings and returns the value.
     """
     if not new:
         return func
@@ -58,7 +59,9 @@ def replace_values(func: relax.Function, new: dict[relax.Var, relax.Expr]) -> re
         bb._begin_dataflow_block() if dataflow else bb._begin_binding_block()
         for b in block.bindings:
             if isinstance(b, relax.VarBinding) and b.var in new:
-                b = relax.VarBinding(b.var, bb.normalize(new[b.var]))
+                value = new[b.var]
+                value = value if isinstance(value, relax.Expr) else value(bb)
+                b = relax.VarBinding(b.var, bb.normalize(value))
             bb.emit_normalized(b)
         blocks.append(bb._end_block())
     body = relax.SeqExpr(blocks, func.body.body)
