@@ -17,13 +17,21 @@ def _litert_rounding(ctx: Context, op: Operator) -> dict:
     CONV_2D and FULLY_CONNECTED run their gemm in ruy, whose output stage rounds the final shift
     ties-up.  int8 DEPTHWISE_CONV_2D does so on its SIMD blocks of 8 channels and rounds the
     remaining C % 8 channels ties-away; uint8 DEPTHWISE_CONV_2D rounds ties-away throughout.
+    A grouped CONV_2D (filter depth below the input's) runs TFLite's reference kernel, which
+    rounds ties-away (found by the differential fuzzer).
     """
+    if op.name == "CONV_2D" and _is_grouped(ctx, op):
+        return dict(rounding="tflite")
     if op.name != "DEPTHWISE_CONV_2D":
         return dict(rounding="tflite_neon")
     if ctx.tensor(op.inputs[0]).dtype == "int8":
         channels = ctx.tensor(op.outputs[0]).shape[-1]
         return dict(rounding="tflite", neon_channels=8 * (channels // 8))
     return dict(rounding="tflite")
+
+
+def _is_grouped(ctx: Context, op: Operator) -> bool:
+    return ctx.tensor(op.inputs[1]).shape[3] != ctx.tensor(op.inputs[0]).shape[3]
 
 
 def _check_weighted(ctx: Context, op: Operator) -> str | None:
