@@ -287,6 +287,20 @@ OP_MODELS = {
         filter_width=2,
         fused_activation="RELU",
     ),
+    "resize_bilinear_half_pixel": lambda: _shape_op(
+        "RESIZE_BILINEAR",
+        (1, 5, 7, 3),
+        (1, 9, 12, 3),
+        dict(shape=(2,), dtype="int32", data=np.array([9, 12])),
+        half_pixel_centers=True,
+    ),
+    "resize_bilinear_align_corners": lambda: _shape_op(
+        "RESIZE_BILINEAR",
+        (1, 6, 4, 2),
+        (1, 11, 3, 2),
+        dict(shape=(2,), dtype="int32", data=np.array([11, 3])),
+        align_corners=True,
+    ),
     "input_quantize": lambda: _edge("QUANTIZE"),
     "output_dequantize": lambda: _edge("DEQUANTIZE"),
 }
