@@ -106,7 +106,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .transform.explain import explain
 
     mod = _import(_model_file(args.model))
-    options = {"allow_inexact": True} if args.allow_inexact else {}
+    options = {"allow_inexact": args.allow_inexact, "emulate_float32": args.emulate_float32}
     print(explain(mod, resolve_target(args.target), args.full, args.max_lines, **options))
     return 0
 
@@ -288,6 +288,9 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--max-lines", type=int, default=40, help="changed lines shown per stage")
     e.add_argument(
         "--allow-inexact", action="store_true", help="rewrite float chains not proven exact"
+    )
+    e.add_argument(
+        "--emulate-float32", action="store_true", help="float chains as exact int64 emulation"
     )
     c = add("compile", cmd_compile, "compile a model to a shared library")
     c.add_argument("-o", "--output", required=True, metavar="OUT.so")
