@@ -14,12 +14,8 @@ from tvm import relax
 from tvm_qnn_ext.compile import compile_model
 from tvm_qnn_ext.transform import collect_reports
 from tvm_qnn_ext.transform import float32_emulation as fe
-from tvm_qnn_ext.transform.cast_multiply_round import (
-    CastMultiplyRoundToRequantize,
-    build_steps,
-    evaluate,
-    find_chains,
-)
+from tvm_qnn_ext.transform.cast_multiply_round import CastMultiplyRoundToRequantize, find_chains
+from tvm_qnn_ext.transform.requantize_proof import build_steps, evaluate
 
 TARGET = tvm.target.Target({"kind": "llvm"})
 I32 = np.iinfo(np.int32)
