@@ -68,7 +68,7 @@ def deviation(q: QParams) -> int:
     return max(q.zp - lo, hi - q.zp)
 
 
-def _requantize(
+def requantize_output(
     region: Region, x, in_scale, in_zp: int, *, bound: int, axis=None, out_scale=None,
     zero_point_first: bool = False,
 ):  # fmt: skip
@@ -179,7 +179,7 @@ def _conv(region: Region, conv: relax.Call, bias_expr) -> relax.Expr:
     )
     mult = _multiplier(qi, qw, region.out, channels)
     bound = _acc_bound(w, _kernel_zp(qw, channels), qi, bias)
-    y = _requantize(region, acc, mult, 0, bound=bound, axis=1, out_scale=1.0)
+    y = requantize_output(region, acc, mult, 0, bound=bound, axis=1, out_scale=1.0)
     return relax.op.squeeze(ctx.emit(y), axis=[2]) if one_d else y
 
 
@@ -207,7 +207,7 @@ def _dense(region: Region, matmul: relax.Call, bias_expr) -> relax.Expr:
     axis = len(ctx.shape(matmul)) - 1
     mult = _multiplier(qi, qw, region.out, units)
     bound = _acc_bound(w if transposed else w.T, _kernel_zp(qw, units), qi, bias)
-    return _requantize(region, acc, mult, 0, bound=bound, axis=axis, out_scale=1.0)
+    return requantize_output(region, acc, mult, 0, bound=bound, axis=axis, out_scale=1.0)
 
 
 def _accumulate(region: Region, call: relax.Call, bias_expr) -> relax.Expr:
@@ -262,7 +262,7 @@ def _activation_sum(region: Region) -> relax.Expr:
 
     total = ctx.emit(relax.op.add(term(a, qa), term(b, qb)))
     bound = round(qa.s / common) * deviation(qa) + round(qb.s / common) * deviation(qb)
-    return _requantize(region, total, common, 0, bound=bound)
+    return requantize_output(region, total, common, 0, bound=bound)
 
 
 @qdq_rule("relax.dequantize", framework=ONNX)
@@ -271,7 +271,7 @@ def rescale(region: Region) -> relax.Expr:
     x, qi = region.ctx.input(region.anchor)
     if region.act == (None, None) and qi.same_as(region.out):
         return x
-    return _requantize(region, x, qi.s, qi.zp, bound=deviation(qi))
+    return requantize_output(region, x, qi.s, qi.zp, bound=deviation(qi))
 
 
 @qdq_rule("relax.mean", framework=ONNX)
@@ -290,7 +290,9 @@ def mean(region: Region) -> relax.Expr:
     if ties_possible(qi.s / (count * out.s), count * deviation(qi)):
         # qnn.mean breaks ties away from zero; onnxruntime rounds the float mean to even.
         total = ctx.emit(relax.op.sum(relax.op.astype(x, "int32"), axes, keepdims))
-        return _requantize(region, total, qi.s / count, qi.zp * count, bound=count * deviation(qi))
+        return requantize_output(
+            region, total, qi.s / count, qi.zp * count, bound=count * deviation(qi)
+        )
     return qnn.mean(
         x,
         axis=axes,
@@ -362,7 +364,7 @@ def avg_pool2d(region: Region) -> relax.Expr:
         )  # fmt: skip
         count = pool[0] * pool[1]
         bound = count * deviation(qi)
-        return _requantize(
+        return requantize_output(
             region, ctx.emit(window_sum), qi.s / count, 0, bound=bound, zero_point_first=True
         )
     pooled = qnn.avg_pool2d(
@@ -371,4 +373,4 @@ def avg_pool2d(region: Region) -> relax.Expr:
     )  # fmt: skip
     if region.act == (None, None) and qi.same_as(region.out):
         return pooled
-    return _requantize(region, ctx.emit(pooled), qi.s, qi.zp, bound=deviation(qi))
+    return requantize_output(region, ctx.emit(pooled), qi.s, qi.zp, bound=deviation(qi))

@@ -18,7 +18,7 @@ from tvm.ir import GenericConst
 
 from .. import op as qnn
 from ..quantization import dtype_range
-from .qdq_rules_onnx import ONNX, act_bounds
+from .qdq_rules_onnx import ONNX, act_bounds, deviation, requantize_output
 from .qdq_to_qnn import NotRewritable, QParams, Region, dtype_of, op_name, qdq_rule
 
 #: Elementwise float ops a tabulated chain may contain (besides scalar constants).
@@ -53,8 +53,9 @@ ELEMENTWISE = (
     "relax.nn.leakyrelu",
     "relax.nn.softplus",
 )
-#: Chains may end in these ops (add has its own rule, which falls back to :func:`tabulate`).
-ANCHORS = tuple(n for n in ELEMENTWISE if n != "relax.add")
+#: Chains may end in these ops (add and multiply have their own rules, which fall back to
+#: :func:`tabulate`).
+ANCHORS = tuple(n for n in ELEMENTWISE if n not in ("relax.add", "relax.multiply"))
 
 
 class _Chain:
@@ -130,3 +131,31 @@ def tabulate(region: Region) -> relax.Expr:
     out_min, out_max = act_bounds(region)  # a peeled relu/clip after the chain
     table = np.clip(table, out_min, out_max) if region.act != (None, None) else table
     return qnn.lookup_table(chain.ctx.use(chain.source), table, region.out.dtype)
+
+
+@qdq_rule("relax.multiply", framework=ONNX)
+def multiply(region: Region) -> relax.Expr:
+    """The product of two quantized tensors (QLinearMul: ``a' * b' * sa * sb / sy``) as an int32
+    product requantized once; otherwise (``x * c``, ``x * sigmoid(x)``...) a lookup table."""
+    ctx = region.ctx
+    found = [ctx.dequantized(a) for a in region.anchor.args]
+    if all(f is not None and ctx.constant(f[0]) is None for f in found):
+        (a, qa), (b, qb) = (ctx.input(a, "a factor") for a in region.anchor.args)
+        return _product(region, a, qa, b, qb)
+    return tabulate(region)
+
+
+def _product(region: Region, a, qa: QParams, b, qb: QParams) -> relax.Expr:
+    ctx = region.ctx
+    if qa.per_axis or qb.per_axis:
+        raise NotRewritable("a per-axis factor")
+
+    def centred(v, q: QParams):
+        c = relax.op.astype(v, "int32")
+        return relax.op.subtract(c, relax.const(q.zp, "int32")) if q.zp else c
+
+    prod = ctx.emit(relax.op.multiply(centred(a, qa), centred(b, qb)))
+    # onnxruntime multiplies the dequantized floats (not fused here): the exact product of
+    # the scales is closest to that.
+    real = float(np.float32(qa.s)) * float(np.float32(qb.s))
+    return requantize_output(region, prod, real, 0, bound=deviation(qa) * deviation(qb))
