@@ -298,7 +298,7 @@ _ACTIVATIONS = ("relax.nn.relu", "relax.clip")
 
 
 def _peel_activation(ctx: RewriteContext, expr: relax.Expr):
-    """``(op feeding the activation, (lo, hi))`` for relu/clip in float, else ``(expr, None)``."""
+    """``(input, (lo, hi))`` of a float relu/clip, else ``(expr, (None, None))``."""
     call = ctx.call(expr, *_ACTIVATIONS)
     if call is None or dtype_of(call) != "float32" or not ctx.single_use(expr):
         return expr, (None, None)
