@@ -15,6 +15,7 @@ STAGE = "schedule"
 
 def schedule_kernels(mod: tvm.IRModule, ctx: RuleContext) -> tvm.IRModule:
     available = rules()
+    scheduled: dict[tvm.ir.GlobalVar, tirx.PrimFunc] = {}
     for gv, func in list(mod.functions.items()):
         if not isinstance(func, tirx.PrimFunc) or not _has_root_block(func):
             continue
@@ -31,8 +32,14 @@ def schedule_kernels(mod: tvm.IRModule, ctx: RuleContext) -> tvm.IRModule:
             continue
         summary = rule(sch, block, ctx)
         report(STAGE, f"{gv.name_hint}: {name}: {summary}")
-        mod[gv] = sch.mod["main"]
-    return mod
+        scheduled[gv] = sch.mod["main"]
+    if not scheduled:
+        return mod
+    # A new module: the input stays as it was (explain shows before and after).
+    out = tvm.IRModule(
+        {gv: scheduled.get(gv, f) for gv, f in mod.functions.items()}, attrs=mod.attrs
+    )
+    return out
 
 
 def _has_root_block(func: tirx.PrimFunc) -> bool:
