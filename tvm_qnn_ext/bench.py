@@ -268,6 +268,41 @@ def bench_in_subprocess(
     return [Timing(**t) for t in json.loads(proc.stdout.strip().splitlines()[-1])]
 
 
+def kernel_profile(path: str | os.PathLike, runs: int = 20, target: str = "native") -> list:
+    """(kernel, calls, ms) per kernel name of our compiled model, slowest first.
+
+    Each call site keeps its fastest time over ``runs`` runs (the machine may be shared), timed
+    around every VM call instruction; the VM's own builtins appear as ``vm.builtin.*``.
+    """
+    from .compile import compile_model
+
+    path = Path(path)
+    model = compile_model(path, target=target)
+    inputs = model_inputs(path)
+    best: dict[int, tuple[str, float]] = {}
+    state = {"site": 0, "t0": 0.0}
+
+    def instrument(func, symbol, before, ret, *args):
+        if before:
+            state["t0"] = time.perf_counter()
+        else:
+            site, dt = state["site"], time.perf_counter() - state["t0"]
+            best[site] = (symbol, min(dt, best.get(site, (symbol, dt))[1]))
+            state["site"] += 1
+        return 0
+
+    model._vm.set_instrument(instrument)
+    for _ in range(runs):
+        state["site"] = 0
+        model(*inputs)
+    totals: dict[str, list] = {}
+    for symbol, dt in best.values():
+        entry = totals.setdefault(symbol, [0, 0.0])
+        entry[0] += 1
+        entry[1] += dt * 1e3
+    return sorted(((k, n, ms) for k, (n, ms) in totals.items()), key=lambda r: -r[2])
+
+
 # ----------------------------------------------------------------------------- printing
 
 
@@ -307,9 +342,17 @@ def _main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=1.0)
     p.add_argument("--cache")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--profile", action="store_true", help="time each tvm_qnn_ext kernel instead")
     a = p.parse_args(argv)
     if os.environ.get("TVM_NUM_THREADS") != str(a.threads):
         p.error(f"run with TVM_NUM_THREADS={a.threads} in the environment")
+    if a.profile:
+        rows = kernel_profile(a.model, target=a.target)
+        total = sum(ms for _, _, ms in rows)
+        print(f"{Path(a.model).name}: {total:.3f} ms in VM calls (fastest of 20 runs per call)")
+        for name, calls, ms in rows[:25]:
+            print(f"  {ms:8.3f} ms {100 * ms / total:5.1f}% {calls:4d}x  {name}")
+        return 0
     try:
         timings = bench_model(
             a.model,
