@@ -26,7 +26,6 @@ from tvm_qnn_ext.testing import fuzz_tflite as fz
 from tvm_qnn_ext.testing.litert import LiteRTRunner
 from tvm_qnn_ext.testing.tflite_builder import single_op_model
 from tvm_qnn_ext.transform.pipeline import run_stages
-from tvm_qnn_ext.transform.pipeline import stages as stages_
 from tvm_qnn_ext.transform.qdq_to_qnn import QDQRewriteError, QDQToQNN, qdq_to_qnn
 from tvm_qnn_ext.transform.report import collect_reports
 
@@ -62,21 +61,9 @@ def tvm_import(model: bytes) -> tvm.IRModule:
     return tvm_from_tflite(tflite.Model.GetRootAsModel(model, 0))
 
 
-def _compile_unscheduled(mod: tvm.IRModule) -> CompiledModel:
-    """QDQToQNN, legalize and fuse, without the target's kernel schedules."""
-    target = resolve_target("native")
-    stages = [st.make(target, {"qdq_hard_fail": True}) for st in stages_() if st.order < 60]
-    pipeline = tvm.transform.Sequential([*stages, relax.get_pipeline("default")])
-    return CompiledModel(tvm.compile(mod, target, relax_pipeline=pipeline), specs(mod["main"]))
-
-
-def compare_with_litert(model: bytes, samples: int, seed: int = 0, schedule=True) -> None:
+def compare_with_litert(model: bytes, samples: int, seed: int = 0) -> None:
     """Compile TVM's import through QDQToQNN (hard_fail) and the qnn pipeline; bit-exact check."""
-    mod = tvm_import(model)
-    if schedule:
-        compiled = compile_model(mod, pipeline_options={"qdq_hard_fail": True})
-    else:
-        compiled = _compile_unscheduled(mod)
+    compiled = compile_model(tvm_import(model), pipeline_options={"qdq_hard_fail": True})
     ins, _ = io_specs(model)
     runner = litert(model)
     rng = np.random.default_rng(seed)
@@ -150,6 +137,16 @@ def _depthwise_one_channel():
         [_act((1, 4, 4, 4), 0.02, 3)],
         padding="VALID",
         depth_multiplier=4,
+    )
+
+
+def _conv_uint8():
+    w = _weights((5, 3, 3, 3), 1, dtype="uint8")
+    return single_op_model(
+        "CONV_2D",
+        [_act((1, 8, 8, 3), 0.03, 120, "uint8"), w, _bias(0.03, w, 5)],
+        [_act((1, 6, 6, 5), 0.05, 100, "uint8")],
+        padding="VALID",
     )
 
 
@@ -245,6 +242,7 @@ OP_MODELS = {
     "depthwise_per_channel": _depthwise,
     "depthwise_one_input_channel": _depthwise_one_channel,
     "fully_connected_uint8": _fully_connected_uint8,
+    "conv2d_uint8": _conv_uint8,
     "fully_connected": _fully_connected,
     "add_relu": lambda: _binary("ADD", fused_activation="RELU"),
     "sub": lambda: _binary("SUB"),
@@ -309,14 +307,9 @@ OP_MODELS = {
 }
 
 
-# The target's uint8 conv/dense schedule currently fails ("reverse-compute-at" ScheduleError, also
-# with our own frontend), so uint8 models are checked without kernel schedules.
-UNSCHEDULED = {"fully_connected_uint8"}
-
-
 @pytest.mark.parametrize("name", sorted(OP_MODELS))
 def test_single_op_matches_litert(name):
-    compare_with_litert(OP_MODELS[name](), samples=30, schedule=name not in UNSCHEDULED)
+    compare_with_litert(OP_MODELS[name](), samples=30)
 
 
 def _tvm_drops_information(model: bytes) -> str | None:
