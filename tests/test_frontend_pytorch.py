@@ -423,26 +423,52 @@ def test_float_model_is_refused():
         from_pytorch(model.eval(), (_inputs((1,) + shape, 0),))
 
 
-def test_unsupported_ops_are_listed_with_counts():
-    class Odd(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.quant = tq.QuantStub()
-            self.conv = torch.nn.Conv2d(3, 8, 3)
+class _Odd(torch.nn.Module):
+    """A conv followed by ops the importer does not know: gelu twice, nearest upsampling once."""
 
-        def forward(self, x):
-            x = self.conv(self.quant(x))
-            return torch.sigmoid(torch.sigmoid(x)), torch.tanh(x)
+    def __init__(self, stub: bool):
+        super().__init__()
+        self.quant = tq.QuantStub() if stub else torch.nn.Identity()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
 
-    model = Odd().eval()
-    model.qconfig = tq.get_default_qconfig("fbgemm")
-    tq.prepare(model, inplace=True)
-    model(_inputs((2, 3, 8, 8), 0))
-    tq.convert(model, inplace=True)
+    def forward(self, x):
+        x = self.conv(self.quant(x))
+        up = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+        return torch.nn.functional.gelu(torch.nn.functional.gelu(x)), up
+
+
+@pytest.mark.parametrize("mode", ["eager", "fx", "pt2e"])
+def test_unsupported_ops_are_listed_with_counts(mode):
+    """One error lists every unsupported op with its count, on all three paths."""
+    calib, x = _inputs((2, 3, 8, 8), 0), _inputs((2, 3, 8, 8), 1)
+    if mode == "eager":
+        model = _Odd(stub=True).eval()
+        model.qconfig = tq.get_default_qconfig("fbgemm")
+        tq.prepare(model, inplace=True)
+        model(calib)
+        tq.convert(model, inplace=True)
+    elif mode == "fx":
+        model = _fx(_Odd(stub=False), calib)
+    else:
+        model = _pt2e(_Odd(stub=False), calib)
     with pytest.raises(UnsupportedPyTorchModel) as e:
-        from_pytorch(model, (_inputs((2, 3, 8, 8), 1),))
+        from_pytorch(model, (x,))
     msg = str(e.value)
-    assert "sigmoid x2" in msg and "tanh x1" in msg
+    assert "unsupported PyTorch ops" in msg
+    assert "gelu x2" in msg and ("interpolate x1" in msg or "upsample_nearest2d x1" in msg), msg
+
+
+@pytest.mark.parametrize("mode", ["eager", "fx", "pt2e"])
+def test_float_model_is_refused_on_every_path(mode):
+    model, shape = _float_model("resnet", seed=1)
+    model = model.eval()
+    x = _inputs((2,) + shape, 0)
+    if mode == "fx":
+        model = torch.fx.symbolic_trace(model)
+    elif mode == "pt2e":
+        model = torch.export.export(model, (x,))
+    with pytest.raises(ValueError, match="float .unquantized. model"):
+        from_pytorch(model, (x,))
 
 
 # ---- PT2E --------------------------------------------------------------------------------------
@@ -474,27 +500,6 @@ def _pt2e_backbone(name):
         return _pt2e(model, _inputs((N_SAMPLES,) + shape, seed=2)), shape
 
 
-@pytest.mark.parametrize("name", ["resnet", "mobilenet"])
-def test_pt2e_within_one_step(name, record_property, capsys):
-    converted, shape = _pt2e_backbone(name)
-    x = _inputs((N_SAMPLES,) + shape, seed=3)
-    mod = from_pytorch(converted, (x,))
-    script = mod.script()
-    # every convolution became an integer op
-    assert "R.nn.conv2d" not in script
-    assert '"qnn.conv2d"' in script and '"qnn.fbgemm_requantize"' in script
-    got = compile_model(mod)(x.numpy())[0]
-    with torch.no_grad():
-        want = converted(x).numpy()
-    steps = np.abs(got.astype(np.float64) - want) / _last_dequantize_scale(converted)
-    assert steps.max() <= 1.0 + 1e-3, steps.max()
-    frac = float((steps > 0.5).mean())
-    record_property("pt2e_mismatch_fraction", frac)
-    with capsys.disabled():
-        print(f"\n[pt2e {name}] {frac:.3%} of {steps.size} outputs differ by one step")
-    assert frac < 0.10  # measured here: resnet 0%, mobilenet 4.5%
-
-
 def test_pt2e_saved_exported_program(tmp_path):
     converted, shape = _pt2e_backbone("mobilenet")
     x = _inputs((N_SAMPLES,) + shape, seed=3)
@@ -503,12 +508,6 @@ def test_pt2e_saved_exported_program(tmp_path):
     from_file = compile_model(path)(x.numpy())[0]
     from_module = compile_model(converted, example_inputs=(x,))(x.numpy())[0]
     np.testing.assert_array_equal(from_file, from_module)
-
-
-def _last_dequantize_scale(gm) -> float:
-    nodes = [n for n in gm.graph.nodes if "dequantize_per_tensor" in str(n.target)]
-    s = nodes[-1].args[1]
-    return float(s if not isinstance(s, torch.fx.Node) else getattr(gm, s.target))
 
 
 def test_add_scalar_tail_matches_torch_batch_one():

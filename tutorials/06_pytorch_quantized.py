@@ -9,6 +9,8 @@ oracle, and the same models compiled by tvm_qnn_ext:
     0.1259, weight scale 0.0706, output scale 4.51; I expected a requantization scale of 8.33."
 (b) "Why is the bias not quantized?  Is it round(bias / (input_scale * weight_scale)) in int32?"
 (c) How a quantized model gets from PyTorch into TVM: eager mode, FX graph mode and PT2E.
+(d) Does the quantized engine matter?  ``torch.backends.quantized.engine`` is "x86" by default
+    on x86; this tutorial uses "fbgemm" until (d), which shows what "x86" changes.
 
 The residual add ("why is x1.int_repr() + x2.int_repr() wrong?") is tutorial 03.  Every printed
 claim is checked by an assert.  Needs torch; without it the script says so and exits.
@@ -35,7 +37,7 @@ from tvm_qnn_ext.quantization import requantize
 
 np.set_printoptions(linewidth=100)
 warnings.simplefilter("ignore")  # torch's deprecation notes on eager/FX quantization
-torch.backends.quantized.engine = "fbgemm"  # the x86 engine may route convs to oneDNN
+torch.backends.quantized.engine = "fbgemm"  # part (d) shows what the "x86" engine changes
 torch.set_num_threads(1)
 F32 = np.float32
 
@@ -289,4 +291,53 @@ else:
           f"({step:.5f}); {off:.2%} of {want.size} outputs off by one")  # fmt: skip
     assert steps.max() <= 1.0 + 1e-3 and off < 0.1
     results.append("PT2E")
+
+# ============================================================================================
+print()
+print("=" * 90)
+print('(d) The engine: "x86" (the default on x86 CPUs) sends convolutions to oneDNN')
+print("=" * 90)
+# Weights are prepacked for one kernel when the model is converted.  Under "x86", a conv with
+# symmetric weights and groups <= 100 on a Linux CPU with AVX512-VNNI is prepacked for oneDNN,
+# which requantizes differently from fbgemm:
+#   fbgemm: q = rint(fl(fl(acc + bias / a[c]) * fl(a[c] / s_out))) + zp_out
+#   oneDNN: q = rint(fl(fl(fl(fl(acc * src) * s_w[c]) + bias) * dst) + zp_out)
+#           src = fl(1 / fl(1 / s_in)), dst = fl(1 / s_out): the zero point is added *before*
+#           rounding, so a tie goes to the even output value.
+# Power-of-two scales make exact ties common, and the zero point is odd, so they show.
+old_engine = torch.backends.quantized.engine
+tie_w = torch.quantize_per_channel(
+    torch.arange(1.0, 10.0).reshape(1, 1, 3, 3).expand(C, 1, 3, 3) / 16, torch.full((C,), 1 / 16),
+    torch.zeros(C, dtype=torch.long), 0, torch.qint8,
+)  # fmt: skip
+tie_b = torch.from_numpy(rng.integers(-80, 80, C).astype(F32) * F32(0.25))
+by_engine = {}
+for engine in ("fbgemm", "x86"):
+    torch.backends.quantized.engine = engine
+    net = SeedConv(C).eval()
+    net.qconfig = tq.get_default_qconfig(engine)
+    tq.prepare(net, inplace=True)
+    with torch.no_grad():
+        net(x)
+    tq.convert(net, inplace=True)
+    net.conv1.set_weight_bias(tie_w, tie_b)  # prepacked here, under this engine
+    net.quant.scale, net.quant.zero_point = torch.tensor([0.125]), torch.tensor([0])
+    net.conv1.scale, net.conv1.zero_point = 0.5, 3
+    by_engine[engine] = net
+torch.backends.quantized.engine = "fbgemm"  # the importer does not depend on the global engine
+with torch.no_grad():
+    outs = {e: m(x).int_repr().numpy() for e, m in by_engine.items()}
+n_engine = int(np.sum(outs["fbgemm"] != outs["x86"]))
+onednn = ref.onednn_conv_applies(0, 1)
+print(f"same weights, biases and scales: the engines' {outs['x86'].size} outputs differ in "
+      f"{n_engine} places (oneDNN used here: {onednn})")  # fmt: skip
+for engine, net in by_engine.items():
+    ours = compile_model(net, example_inputs=(x,))(x.numpy())[0]
+    assert np.array_equal(ours, outs[engine])
+print("tvm_qnn_ext == torch for both: each conv is read as the kernel it was prepacked for")
+print('(compile_model(model, example_inputs=..., engine="auto" | "fbgemm" | "x86"))')
+assert (n_engine > 0) == onednn
+torch.backends.quantized.engine = old_engine
+results.append("engines")
+
 print(f"\nchecked: {', '.join(results)}\nall checks passed")

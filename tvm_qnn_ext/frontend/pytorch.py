@@ -29,8 +29,19 @@ from tvm import relax
 
 from ..op import conv2d, dense, dequantize, max_pool2d, multiply, quantize
 from ..op import pytorch_epilogue as pe
+from ..op.activation import lookup_table
+from ..quantization import dtype_range
 from ..quantization import pytorch as ref
 
+# Elementwise ops on quantized tensors, imported as lookup tables (see _Converter._q_unary).
+_UNARY_MODULES = (
+    torch.nn.Sigmoid, torch.nn.Tanh, torch.nn.Hardsigmoid, torch.nn.Hardswish, torch.nn.ReLU6,
+    torch.nn.Hardtanh, torch.nn.ELU, torch.nn.LeakyReLU,
+)  # fmt: skip
+_UNARY_FUNCTIONS = (
+    "sigmoid", "sigmoid_", "tanh", "tanh_", "hardsigmoid", "hardswish", "hardtanh", "hardtanh_",
+    "relu6", "elu", "leaky_relu", "quantized.hardswish", "quantized.elu", "quantized.leaky_relu",
+)  # fmt: skip
 _QDTYPES = {torch.quint8: "uint8", torch.qint8: "int8", torch.uint8: "uint8", torch.int8: "int8"}
 
 
@@ -172,7 +183,9 @@ class _Converter:
             ((nniq.ConvReLU2d, nnq.Conv2d), self._m_conv),
             ((nniq.LinearReLU, nnq.Linear), self._m_linear),
             ((nniq.BNReLU2d, nnq.BatchNorm2d), self._m_batch_norm),
-            ((torch.nn.ReLU, nnq.ReLU6), self._relu),
+            # before ReLU: nnq.ReLU6 subclasses torch.nn.ReLU
+            (_UNARY_MODULES + (nnq.ReLU6, nnq.Hardswish, nnq.ELU, nnq.LeakyReLU), self._q_unary),
+            ((torch.nn.ReLU,), self._relu),
             ((torch.nn.MaxPool2d,), self._m_max_pool),
             ((torch.nn.AdaptiveAvgPool2d,), self._m_adaptive_avg_pool),
             ((torch.nn.Flatten, torch.nn.Identity, torch.nn.Dropout), self._reshape_like),
@@ -180,8 +193,6 @@ class _Converter:
         ]
         for types, fn in table:
             if isinstance(m, types):
-                if isinstance(m, nnq.ReLU6):
-                    return None
                 return fn
         return None
 
@@ -208,6 +219,7 @@ class _Converter:
             "adaptive_avg_pool2d": self._f_adaptive_avg_pool,
             "pad": self._f_pad,
         }
+        table.update({f: self._q_unary for f in _UNARY_FUNCTIONS})
         return table.get(name)
 
     def handler(self, node) -> Callable | None:
@@ -221,6 +233,7 @@ class _Converter:
 
     def convert(self) -> tvm.IRModule:
         self._require_quantized()
+        self._refuse_dynamic_quantization()
         missing = Counter(
             _describe(n, self.modules)
             for n in self.gm.graph.nodes
@@ -230,7 +243,7 @@ class _Converter:
             listed = ", ".join(f"{k} x{v}" for k, v in sorted(missing.items()))
             raise UnsupportedPyTorchModel(f"from_pytorch: unsupported PyTorch ops: {listed}")
         params = [
-            relax.Var(n.name, relax.TensorType(list(_meta(n).shape), "float32"))
+            relax.Var(n.name, relax.TensorType(list(_meta(n).shape), _input_dtype(n)))
             for n in self.gm.graph.nodes
             if n.op == "placeholder"
         ]
@@ -262,6 +275,21 @@ class _Converter:
             raise ValueError(
                 "from_pytorch: the model is a float (unquantized) model; quantize it first "
                 "(torch.ao.quantization convert / convert_fx, or torchao convert_pt2e)"
+            )
+
+    def _refuse_dynamic_quantization(self):
+        dynamic = [
+            n.name
+            for n in self.gm.graph.nodes
+            if _target_name(n).startswith("quantized_decomposed.choose_qparams")
+            or _target_name(n).startswith("quantized.linear_dynamic")
+            or (n.op == "call_module" and "dynamic" in type(self.modules[n.target]).__module__)
+        ]
+        if dynamic:
+            raise UnsupportedPyTorchModel(
+                "from_pytorch: dynamic quantization (activation scales chosen at run time by "
+                f"{', '.join(dynamic[:4])}{', ...' if len(dynamic) > 4 else ''}) is not "
+                "supported; quantize statically (calibrated activation scales)"
             )
 
     # -- graph plumbing
@@ -391,7 +419,9 @@ class _Converter:
             isinstance(m, nniq.LinearReLU),
         )  # fmt: skip
 
-    def _epilogue(self, acc, bias, s_in, ws, per_channel, s_out, z_out, axis, relu):
+    def _epilogue(
+        self, acc, bias, s_in, ws, per_channel, s_out, z_out, axis, relu, out_dtype="uint8"
+    ):
         b = None if bias is None else _const(bias.detach().numpy().astype(np.float32))
         return pe.fbgemm_requantize(
             acc,
@@ -402,6 +432,7 @@ class _Converter:
             per_channel=per_channel,
             axis=axis,
             relu=relu,
+            out_dtype=out_dtype,
         )
 
     def _m_batch_norm(self, node):
@@ -426,6 +457,46 @@ class _Converter:
             return relax.op.nn.relu(self.x(x))
         _, z = _qparams(x)
         return relax.op.maximum(self.x(x), relax.const(z, _QDTYPES[_meta(x).dtype]))
+
+    def _q_unary(self, node):
+        """An elementwise op on a quantized tensor, as a 256-entry table of PyTorch's own results
+        for every input value (it runs the op once on them).  The table is only used when the
+        op's vectorized and scalar paths agree on every entry, so element position cannot
+        matter."""
+        x = node.args[0]
+        if not _meta(x).is_quantized:
+            raise UnsupportedPyTorchModel(f"from_pytorch: {node.name}: float {_describe(node, {})}")
+        s, z = _qparams(x)
+        dtype = _QDTYPES[_meta(x).dtype]
+        values = torch.arange(256, dtype=torch.int32) + (0 if dtype == "uint8" else -128)
+        values = values.to(torch.uint8 if dtype == "uint8" else torch.int8)
+        every = torch._make_per_tensor_quantized_tensor(values, s, z)
+        rest = [self.x(a) for a in node.args[1:]]
+        if any(isinstance(a, (torch.fx.Node, relax.Expr)) for a in rest):
+            raise UnsupportedPyTorchModel(f"from_pytorch: {node.name}: non-constant arguments")
+
+        def run(t):
+            if node.op == "call_module":
+                return self.modules[node.target](t)
+            if node.op == "call_method":
+                return getattr(t, node.target)(*rest, **node.kwargs)
+            return node.target(t, *rest, **node.kwargs)
+
+        with torch.no_grad():
+            vector = run(every)
+            scalar = torch.stack([run(every[i : i + 1]).int_repr()[0] for i in range(256)])
+        if not vector.is_quantized or vector.qscheme() != torch.per_tensor_affine:
+            raise UnsupportedPyTorchModel(f"from_pytorch: {node.name}: output is not quantized")
+        table = vector.int_repr()
+        if not torch.equal(table, scalar):
+            raise UnsupportedPyTorchModel(
+                f"from_pytorch: {node.name} ({_describe(node, self.modules)}): PyTorch's vector "
+                "and scalar kernels differ on some inputs, so its results depend on position"
+            )
+        out_dtype = _QDTYPES[vector.dtype]
+        if out_dtype != dtype:
+            raise UnsupportedPyTorchModel(f"from_pytorch: {node.name}: {dtype} -> {out_dtype}")
+        return lookup_table(self.x(x), table.numpy().astype(np.int64), out_dtype)
 
     def _pool_args(self, kernel, stride, padding, dilation, ceil_mode, where):
         pair = lambda v: (int(v), int(v)) if isinstance(v, int) else tuple(int(t) for t in v)
@@ -557,14 +628,23 @@ class _Converter:
             "aten.cat": self._p_cat,
             "aten.pad": self._f_pad,
             "aten.constant_pad_nd": self._p_constant_pad,
+            "aten.permute": self._permute,
+            "aten.batch_norm": self._p_batch_norm,
+            "aten._native_batch_norm_legit_no_training": self._p_batch_norm,
         }
         if name == "getitem" and node.target is operator.getitem:
             return self._p_getitem
         return table.get(name)
 
     def _p_quantize(self, node):
-        x, s, z, _, _, dtype = (self.x(a) for a in node.args[:6])
-        return quantize(x, float(_scalar(s)), int(_scalar(z)), _QDTYPES[dtype], rounding="float")
+        """``clamp(rint(fl(x * float32(1 / s))) + zp, qmin, qmax)``: the decomposed op exactly
+        (the zero point is added after rounding, unlike ``torch.quantize_per_tensor``)."""
+        x, s, z, qmin, qmax, dtype = (self.x(a) for a in node.args[:6])
+        inv = np.float32(1.0 / float(_scalar(s)))
+        y = self.bb.emit(relax.op.round(relax.op.multiply(self._float_of(x), _const(inv))))
+        y = relax.op.add(y, relax.const(float(_scalar(z)), "float32"))
+        y = relax.op.clip(self.bb.emit(y), int(qmin), int(qmax))
+        return relax.op.astype(self.bb.emit(y), _QDTYPES[dtype])
 
     def _p_dequantize(self, node):
         x, s, z = (self.x(a) for a in node.args[:3])
@@ -599,6 +679,24 @@ class _Converter:
             return op(self._float_of(self.x(node.args[0])))
 
         return handle
+
+    def _p_batch_norm(self, node):
+        """Float inference batch norm, as ATen's CPU kernel: ``x * alpha + beta`` with
+        ``alpha = w / sqrt(var + eps)`` and ``beta = b - mean * alpha`` in float32."""
+        x, w, b, mean, var = (self.x(a) for a in node.args[:5])
+        eps = float(node.args[-2] if "legit" in _target_name(node) else node.args[7])
+        mean, var = (t.detach().numpy().astype(np.float32) for t in (mean, var))
+        c = mean.size
+        w = np.ones(c, np.float32) if w is None else w.detach().numpy().astype(np.float32)
+        b = np.zeros(c, np.float32) if b is None else b.detach().numpy().astype(np.float32)
+        alpha = (w / np.sqrt(var + np.float32(eps))).astype(np.float32)
+        beta = (b - mean * alpha).astype(np.float32)
+        shape = [1, c] + [1] * (len(_meta(node.args[0]).shape) - 2)
+        y = self.bb.emit(relax.op.multiply(self._float_of(x), _const(alpha.reshape(shape))))
+        out = relax.op.add(y, _const(beta.reshape(shape)))
+        if "legit" in _target_name(node):  # returns (out, save_mean, save_invstd)
+            return relax.Tuple([self.bb.emit(out), _const(mean), _const(alpha)])
+        return out
 
     def _p_getitem(self, node):
         return self.x(node.args[0])[node.args[1]]
@@ -647,6 +745,7 @@ class _Converter:
             qnode, relu, _ = sink
             _, s_out, z_out = qnode.args[:3]
             sink = (float(_scalar(self.x(s_out))), int(_scalar(self.x(z_out))), relu, qnode)
+            sink += tuple(qnode.args[3:6])  # qmin, qmax, dtype
         return src, w, bias, sink
 
     def _p_integer(self, node, kind):
@@ -691,10 +790,13 @@ class _Converter:
             b = _const(bias.detach().numpy().astype(np.float32))
             shape = [-1] if kind == "linear" else [1, -1, 1, 1]
             return relax.op.add(self.bb.emit(y), relax.op.reshape(b, shape))
-        s_out, z_out, relu, qnode = sink
+        s_out, z_out, relu, qnode, qmin, qmax, qdtype = sink
+        out_dtype = _QDTYPES[qdtype]
         out = self.bb.emit(
-            self._epilogue(acc, bias, s_in, ws, per_channel, s_out, z_out, axis, relu)
+            self._epilogue(acc, bias, s_in, ws, per_channel, s_out, z_out, axis, relu, out_dtype)
         )
+        if (int(qmin), int(qmax)) != dtype_range(out_dtype):  # a restricted range
+            out = self.bb.emit(relax.op.clip(out, int(qmin), int(qmax)))
         # The relu and quantize nodes are folded in: they resolve to the integer result.
         cur = node
         while cur is not qnode:
@@ -755,6 +857,25 @@ def _prepacked_kernel(m: torch.nn.Module, conv: bool) -> str:
             return "fbgemm"
         return "unknown (pass engine=)"
     return "unknown (pass engine=)" if conv else "onednn"  # oneDNN linear accepts qint8
+
+
+_INPUT_DTYPES = {
+    torch.float32: "float32",
+    torch.uint8: "uint8",
+    torch.int8: "int8",
+    torch.int32: "int32",
+    torch.int64: "int64",
+}
+
+
+def _input_dtype(node: torch.fx.Node) -> str:
+    dtype = _meta(node).dtype
+    if dtype not in _INPUT_DTYPES:
+        raise UnsupportedPyTorchModel(
+            f"from_pytorch: input {node.name} has dtype {dtype}; supported: "
+            + ", ".join(str(d) for d in _INPUT_DTYPES)
+        )
+    return _INPUT_DTYPES[dtype]
 
 
 def _aten_vector_width() -> int:
