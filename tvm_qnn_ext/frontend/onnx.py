@@ -7,9 +7,8 @@ in :data:`EXTRA_CONVERTERS`) are expanded to that form by our converters; then Q
 rules (:mod:`tvm_qnn_ext.transform.qdq_rules_onnx`) rewrite each region into integer QNN ops.
 
 The model's input quantize stays TVM's ``R.quantize``, which is exactly ONNX QuantizeLinear
-(``x / s`` in float32, ties to even, saturated).  Compile with
-``pipeline_options={"qdq_framework": "onnx"}``: the pipeline's QDQToQNN stage defaults to TFLite
-rules, which would give that quantize LiteRT's rounding.
+(``x / s`` in float32, ties to even, saturated).  The module carries ``qnn.framework = "onnx"``,
+so the pipeline's QDQToQNN stage rewrites that quantize with ONNX rounding, not LiteRT's.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import tvm
 
-from ..transform.qdq_to_qnn import QDQReport, qdq_to_qnn
+from ..transform.qdq_to_qnn import FRAMEWORK_ATTR, QDQReport, qdq_to_qnn
 
 
 class OnnxImportError(ValueError):
@@ -193,6 +192,8 @@ def from_onnx(
     model = load_model(source)
     mod = import_relax(model, static_shapes(model, shape, batch))
     mod, report = qdq_to_qnn(mod, framework="onnx", hard_fail=hard_fail, ops=allow)
+    # The pipeline's QDQToQNN stage then rounds what is left (the input edge) the ONNX way.
+    mod = mod.with_attr(FRAMEWORK_ATTR, "onnx")
     return (mod, report) if return_report else mod
 
 

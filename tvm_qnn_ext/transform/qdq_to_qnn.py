@@ -477,9 +477,27 @@ def QDQToQNN(
 @pipeline_stage(STAGE, order=10)
 def _stage(target: tvm.target.Target, options: dict) -> tvm.transform.Pass:
     """dequantize -> float op -> quantize regions become QNN ops (options: qdq_framework,
-    qdq_hard_fail, qdq_ops)."""
-    return QDQToQNN(
-        framework=options.get("qdq_framework", "tflite"),
-        hard_fail=bool(options.get("qdq_hard_fail", False)),
-        ops=options.get("qdq_ops"),
-    )
+    qdq_hard_fail, qdq_ops).  The framework defaults to the importer's ``qnn.framework``
+    module attribute, else TFLite."""
+
+    @tvm.transform.module_pass(opt_level=0, name="QDQToQNNStage")
+    def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        framework = options.get("qdq_framework") or source_framework(mod) or "tflite"
+        return QDQToQNN(
+            framework=framework,
+            hard_fail=bool(options.get("qdq_hard_fail", False)),
+            ops=options.get("qdq_ops"),
+        )(mod)
+
+    return _pass
+
+
+FRAMEWORK_ATTR = "qnn.framework"
+
+
+def source_framework(mod: tvm.IRModule) -> str | None:
+    """The framework an importer recorded on the module (``FRAMEWORK_ATTR``), if any."""
+    attrs = mod.attrs
+    if attrs is None or FRAMEWORK_ATTR not in attrs:
+        return None
+    return str(attrs[FRAMEWORK_ATTR])
