@@ -1,6 +1,7 @@
 """Elementwise ops on quantized tensors (sigmoid, tanh, hardswish, hardsigmoid, relu6, hardtanh,
-elu) in eager and FX models, bit-exact with PyTorch on odd-sized tensors (so ATen's vector loops
-have scalar tails), and the error for an op whose vector and scalar kernels disagree."""
+elu) and max pooling with ``ceil_mode`` in eager and FX models, bit-exact with PyTorch on
+odd-sized tensors (so ATen's vector loops have scalar tails), and the error for an op whose
+vector and scalar kernels disagree."""
 
 from __future__ import annotations
 
@@ -99,3 +100,34 @@ def test_position_dependent_op_is_refused():
             found = True
             break
     assert found
+
+
+class CeilPools(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.quant = tq.QuantStub()
+        self.conv = torch.nn.Conv2d(5, 6, 3, padding=1)
+        self.pool = torch.nn.MaxPool2d(3, 2, ceil_mode=True)
+
+    def forward(self, x):
+        x = self.conv(self.quant(x))
+        y = torch.nn.functional.max_pool2d(x, 2, 3, 1, ceil_mode=True)
+        return self.pool(x), y
+
+
+@pytest.mark.parametrize("hw", [(7, 9), (8, 8), (11, 6)])
+def test_max_pool_ceil_mode_bit_exact(hw):
+    torch.manual_seed(0)
+    model = CeilPools().eval()
+    model.qconfig = tq.get_default_qconfig("fbgemm")
+    tq.prepare(model, inplace=True)
+    with torch.no_grad():
+        model(_inputs((8, 5) + hw, 0))
+    tq.convert(model, inplace=True)
+    x = _inputs((100, 5) + hw, 1)
+    mismatches, got = _layer_mismatches(model, x)
+    assert mismatches == 0
+    with torch.no_grad():
+        want = model(x)
+    # graph order: the functional pool, then the module; both have the ceil_mode sizes
+    assert [g.shape for g in got[-2:]] == [tuple(w.shape) for w in want[::-1]]

@@ -498,14 +498,20 @@ class _Converter:
             raise UnsupportedPyTorchModel(f"from_pytorch: {node.name}: {dtype} -> {out_dtype}")
         return lookup_table(self.x(x), table.numpy().astype(np.int64), out_dtype)
 
-    def _pool_args(self, kernel, stride, padding, dilation, ceil_mode, where):
+    def _pool_args(self, kernel, stride, padding, dilation, node):
+        """Kernel, strides and (top, left, bottom, right) padding.  With ``ceil_mode`` the last
+        window may run past the padded input; the extra bottom/right padding that makes room
+        for it follows from the output shape PyTorch computed (padding never wins a max)."""
         pair = lambda v: (int(v), int(v)) if isinstance(v, int) else tuple(int(t) for t in v)
-        if ceil_mode or pair(dilation) != (1, 1):
-            raise UnsupportedPyTorchModel(f"from_pytorch: {where}: ceil_mode/dilation unsupported")
+        if pair(dilation) != (1, 1):
+            raise UnsupportedPyTorchModel(f"from_pytorch: {node.name}: pool dilation unsupported")
         k = pair(kernel)
         s = pair(stride) if stride not in (None, []) else k
         p = pair(padding)
-        return k, s, (p[0], p[1], p[0], p[1])
+        (h, w), (oh, ow) = _meta(node.args[0]).shape[-2:], _meta(node).shape[-2:]
+        extra = [max(0, (o - 1) * st + kk - (n + 2 * pp)) for o, st, kk, n, pp in
+                 zip((oh, ow), s, k, (h, w), p, strict=True)]  # fmt: skip
+        return k, s, (p[0], p[1], p[0] + extra[0], p[1] + extra[1])
 
     def _max_pool(self, x, k, s, p):
         if _meta(x).is_quantized:
@@ -514,9 +520,7 @@ class _Converter:
 
     def _m_max_pool(self, node):
         m = self.modules[node.target]
-        k, s, p = self._pool_args(
-            m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, node.target
-        )
+        k, s, p = self._pool_args(m.kernel_size, m.stride, m.padding, m.dilation, node)
         return self._max_pool(node.args[0], k, s, p)
 
     def _f_max_pool(self, node):
@@ -526,8 +530,7 @@ class _Converter:
         s = kw.get("stride", args[2])
         p = kw.get("padding", args[3] if args[3] is not None else 0)
         d = kw.get("dilation", args[4] if args[4] is not None else 1)
-        c = kw.get("ceil_mode", args[5] or False)
-        k, s, p = self._pool_args(k, s, p, d, c, node.name)
+        k, s, p = self._pool_args(k, s, p, d, node)
         return self._max_pool(node.args[0], k, s, p)
 
     def _adaptive_avg_pool(self, node, size):
