@@ -131,3 +131,45 @@ def test_max_pool_ceil_mode_bit_exact(hw):
         want = model(x)
     # graph order: the functional pool, then the module; both have the ceil_mode sizes
     assert [g.shape for g in got[-2:]] == [tuple(w.shape) for w in want[::-1]]
+
+
+class Depthwise(torch.nn.Module):
+    def __init__(self, k: int, stride: int, mult: int):
+        super().__init__()
+        self.quant = tq.QuantStub()
+        self.dw = torch.nn.Conv2d(16, 16 * mult, k, stride, (k - 1) // 2, groups=16)
+
+    def forward(self, x):
+        return self.dw(self.quant(x))
+
+
+@pytest.mark.parametrize(("k", "stride", "mult"), [(3, 1, 1), (5, 2, 2)])
+def test_fbgemm_depthwise_int16_saturation_bit_exact(k, stride, mult):
+    """Full-range activations (no reduce_range) and large weights make fbgemm's depthwise tap
+    pairs leave int16; the compiled model saturates them the same way."""
+    torch.manual_seed(k)
+    model = Depthwise(k, stride, mult).eval()
+    with torch.no_grad():
+        model.dw.weight.copy_(torch.randn_like(model.dw.weight).sign())  # all taps at +-max
+    full_range = tq.QConfig(
+        activation=tq.MinMaxObserver.with_args(dtype=torch.quint8, reduce_range=False),
+        weight=tq.default_per_channel_weight_observer,
+    )
+    model.qconfig = full_range
+    tq.prepare(model, inplace=True)
+    x = _inputs((100, 16, 9, 9), 1) * 2 + 2  # mostly above the zero point: large uint8 values
+    with torch.no_grad():
+        model(x)
+    tq.convert(model, inplace=True)
+    mismatches, _ = _layer_mismatches(model, x)
+    assert mismatches == 0
+    # the exact (unsaturated) sum really differs here
+    from tvm_qnn_ext.quantization import pytorch as ref
+
+    qx = model.quant(x)
+    w = model.dw.weight()
+    args = (qx.int_repr().numpy(), qx.q_zero_point(), w.int_repr().numpy(), 0)
+    exact = ref.conv2d_accumulate(*args, stride=(stride,) * 2, padding=((k - 1) // 2,) * 2,
+                                  groups=16)  # fmt: skip
+    saturated = ref._depthwise_saturating_accumulate(*args, (stride, stride))
+    assert (exact != saturated).sum() > 100

@@ -342,7 +342,6 @@ class _Converter:
         return dequantize(self.x(arg), s, z)
 
     def _m_conv(self, node):
-        import torch.ao.nn.intrinsic.quantized as nniq
 
         m = self.modules[node.target]
         if m.padding_mode != "zeros":
@@ -353,6 +352,20 @@ class _Converter:
         s_in, z_in = _qparams(x)
         w, ws, wz, per_channel = _qweight(m.weight())
         p = [int(v) for v in m.padding]
+        kernel = self._conv_kernel(node, m, wz)
+        stride, dil = [int(v) for v in m.stride], [int(v) for v in m.dilation]
+        fast = ref.depthwise_fast_path(int(m.in_channels), w.shape, stride, p, dil, int(m.groups))
+        if kernel == "fbgemm" and fast:  # tap pairs saturate to int16 there
+            acc = self.bb.emit(
+                pe.fbgemm_depthwise_conv2d(
+                    self.x(x),
+                    w,
+                    strides=stride,
+                    input_zero_point=z_in,
+                    kernel_zero_point=[int(v) for v in wz] if per_channel else int(wz[0]),
+                )  # fmt: skip
+            )
+            return self._conv_epilogue(node, m, acc, s_in, ws, per_channel, kernel)
         acc = self.bb.emit(
             conv2d(
                 self.x(x),
@@ -367,8 +380,13 @@ class _Converter:
                 kernel_zero_point=[int(v) for v in wz] if per_channel else int(wz[0]),
             )
         )
+        return self._conv_epilogue(node, m, acc, s_in, ws, per_channel, kernel)
+
+    def _conv_epilogue(self, node, m, acc, s_in, ws, per_channel, kernel):
+        import torch.ao.nn.intrinsic.quantized as nniq
+
         relu = isinstance(m, nniq.ConvReLU2d)
-        if self._conv_kernel(node, m, wz) == "onednn":
+        if kernel == "onednn":
             b = m.bias()
             return pe.onednn_requantize(
                 acc, None if b is None else _const(b.detach().numpy().astype(np.float32)),

@@ -9,6 +9,8 @@ that have one, so every value PyTorch rounds on its own passes ``llvm.arithmetic
 * ``qnn.fbgemm_requantize(acc[, bias])``: conv/linear output stage with a float bias.
 * ``qnn.onednn_requantize(acc[, bias])``: the same stage in oneDNN's kernels (PyTorch's x86
   engine on AVX512-VNNI CPUs).
+* ``qnn.fbgemm_depthwise_conv2d(x, w)``: the accumulator of fbgemm's depthwise fast path, whose
+  tap pairs saturate to int16.
 * ``qnn.torch_add(lhs, rhs)``: ``quantized::add`` / ``add_relu`` (vectorized path).
 * ``qnn.torch_batch_norm(x)``: ``quantized::batch_norm2d`` (NCHW, per-channel alpha/beta).
 * ``qnn.torch_global_avg_pool(x)``: ``adaptive_avg_pool2d(x, 1)`` on a quantized NCHW tensor.
@@ -466,3 +468,103 @@ class TorchGlobalAvgPool:
             )
 
         return bb.call_te(compute, call.args[0], primfunc_name_hint="qnn_torch_global_avg_pool")
+
+
+# ---- qnn.fbgemm_depthwise_conv2d ---------------------------------------------------------------
+
+
+def fbgemm_depthwise_conv2d(
+    data: relax.Expr,
+    weight: np.ndarray,
+    *,
+    strides,
+    input_zero_point: int,
+    kernel_zero_point,
+) -> relax.Call:
+    """int32 accumulator of fbgemm's depthwise fast path, as
+    :func:`tvm_qnn_ext.quantization.pytorch._depthwise_saturating_accumulate`: NCHW uint8 data,
+    OIHW int8 ``weight`` of shape ``(C * m, 1, k, k)``, ``k`` in (3, 5), padding ``(k - 1) / 2``;
+    raw products of tap pairs ``(0, 1), (2, 3), ...`` are summed with int16 saturation, the
+    zero-point terms are subtracted afterwards in int32."""
+    w = np.ascontiguousarray(np.asarray(weight, np.int8))
+    zw = np.broadcast_to(np.asarray(kernel_zero_point, np.int64).reshape(-1), (w.shape[0],))
+    return make_call(
+        "qnn.fbgemm_depthwise_conv2d",
+        [data, relax.const(w, "int8")],
+        dict(
+            strides=[int(v) for v in strides],
+            input_zero_point=int(input_zero_point),
+            kernel_zero_point=[int(v) for v in zw],
+        ),
+    )
+
+
+@register_op(
+    "qnn.fbgemm_depthwise_conv2d", 2, "fbgemm's depthwise conv accumulator (int16 tap pairs)"
+)
+class FbgemmDepthwiseConv2d:
+    @staticmethod
+    def infer(call, bb):
+        ty, wty = tensor_type(call, 0, "data"), tensor_type(call, 1, "weight")
+        expect_dtype(call, "data", ty.dtype, ("uint8",))
+        expect_dtype(call, "weight", wty.dtype, ("int8",))
+        expect_rank(call, "data", ty, (4,))
+        n, c, h, w = static_shape(call, "data", ty)
+        o, one, kh, kw = static_shape(call, "weight", wty)
+        if one != 1 or kh != kw or kh not in (3, 5) or o % c:
+            raise QnnTypeError(f"{op_name(call)}: weight {(o, one, kh, kw)} for {c} channels")
+        sh, sw = (int(v) for v in attr(call, "strides"))
+        p = (kh - 1) // 2
+        oh, ow = (h + 2 * p - kh) // sh + 1, (w + 2 * p - kw) // sw + 1
+        return relax.TensorType([n, o, oh, ow], "int32")
+
+    @staticmethod
+    def legalize(bb, call):
+        from tvm import topi
+
+        o, _, k, _ = (int(d) for d in call.args[1].ty.shape.values)
+        c = int(call.args[0].ty.shape.values[1])
+        mult = o // c
+        sh, sw = (int(v) for v in attr(call, "strides"))
+        zx = int(attr(call, "input_zero_point"))
+        zw = np.asarray(attr(call, "kernel_zero_point"), np.int32)
+        taps, pad = k * k, (k - 1) // 2
+        out_shape = [int(d) for d in call.ty.shape.values]
+
+        def compute(x, w, zws):
+            xp = topi.nn.pad(x, [0, 0, pad, pad], [0, 0, pad, pad], pad_value=zx)
+            r = te.reduce_axis((0, (taps + 1) // 2), name="pair")
+            i32 = "int32"
+
+            def tap(n, oc, i, j, t):
+                return xp[n, oc // mult, i * sh + t // k, j * sw + t % k].astype(i32)
+
+            def wt(oc, t):
+                return w[oc, 0, t // k, t % k].astype(i32)
+
+            def pair_sum(n, oc, i, j):
+                t0 = 2 * r
+                t1 = tirx.min(2 * r + 1, taps - 1)
+                second = tirx.Select(2 * r + 1 < taps, tap(n, oc, i, j, t1) * wt(oc, t1), 0)
+                v = tap(n, oc, i, j, t0) * wt(oc, t0) + second
+                return te.sum(tirx.max(tirx.min(v, 32767), -32768), axis=r)
+
+            raw = te.compute(out_shape, pair_sum, name="pair_sum")
+            rw = te.reduce_axis((0, taps), name="tap")
+            wsum = te.compute((o,), lambda oc: te.sum(wt(oc, rw), axis=rw), name="w_sum")
+            rx = te.reduce_axis((0, taps), name="xtap")
+            xsum = te.compute(
+                out_shape, lambda n, oc, i, j: te.sum(tap(n, oc, i, j, rx), axis=rx), name="x_sum"
+            )
+            return te.compute(
+                out_shape,
+                lambda n, oc, i, j: (
+                    raw[n, oc, i, j] - zx * wsum[oc] - zws[oc] * (xsum[n, oc, i, j] - zx * taps)
+                ),
+                name="fbgemm_depthwise_conv2d",
+            )
+
+        return bb.call_te(
+            compute, call.args[0], call.args[1], _const_array(zw, "int32"),
+            primfunc_name_hint="qnn_fbgemm_depthwise_conv2d",
+        )  # fmt: skip
