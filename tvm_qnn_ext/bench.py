@@ -33,7 +33,8 @@ class Timing:
     ms: float | None
     note: str = ""
     compile_s: float | None = None
-    # largest |output - LiteRT builtin's output| on the benchmark inputs (None: not compared)
+    # largest |output - reference output| on the benchmark inputs (None: not compared); the
+    # reference is LiteRT builtin for .tflite models and onnxruntime for .onnx models
     maxdiff: float | None = None
 
 
@@ -63,14 +64,13 @@ def _onnx_inputs(path: Path, rng: np.random.Generator) -> list[np.ndarray]:
 
     arrays = []
     for i in ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs():
-        if any(not isinstance(d, int) for d in i.shape):
-            raise Unavailable(f"ONNX input {i.name!r} has a dynamic shape {i.shape}")
+        shape = [d if isinstance(d, int) else 1 for d in i.shape]  # a named (batch) axis: 1
         dtype = np.dtype(i.type[len("tensor(") : -1].replace("float", "float32"))
         if np.issubdtype(dtype, np.integer):
             lo, hi = np.iinfo(dtype).min, np.iinfo(dtype).max
-            arrays.append(rng.integers(lo, hi, size=i.shape, endpoint=True).astype(dtype))
+            arrays.append(rng.integers(lo, hi, size=shape, endpoint=True).astype(dtype))
         else:
-            arrays.append(rng.uniform(-1, 1, size=i.shape).astype(dtype))
+            arrays.append(rng.uniform(-1, 1, size=shape).astype(dtype))
     return arrays
 
 
@@ -107,16 +107,13 @@ def _stock_tvm(path: Path, threads: int, target: str, cache: Path | None) -> tup
     if so is not None and so.is_file():
         lib = tvm.runtime.load_module(str(so))
     else:
-        if path.suffix != ".tflite":
-            raise Unavailable("benchmarked for .tflite models only")
-        import tflite
-        from tvm.relax.frontend.tflite import from_tflite
-
         try:
-            mod = from_tflite(tflite.Model.GetRootAsModel(path.read_bytes(), 0))
+            mod = _stock_import(path)
+        except Unavailable:
+            raise
         except Exception as e:  # noqa: BLE001 - any import failure is a result to report
             first = (str(e).strip().splitlines() or [type(e).__name__])[-1][:120]
-            raise Unavailable(f"from_tflite fails: {first}") from None
+            raise Unavailable(f"its importer fails: {first}") from None
         lib = tvm.compile(mod, resolve_target(target))
         if so is not None:
             lib.export_library(str(so))
@@ -128,6 +125,26 @@ def _stock_tvm(path: Path, threads: int, target: str, cache: Path | None) -> tup
         return out.numpy() if isinstance(out, tvm.runtime.Tensor) else [o.numpy() for o in out]
 
     return run, time.perf_counter() - t0
+
+
+def _stock_import(path: Path):
+    """TVM 0.27's own importer for the file (from_tflite, or from_onnx with batch 1)."""
+    if path.suffix == ".tflite":
+        import tflite
+        from tvm.relax.frontend.tflite import from_tflite
+
+        return from_tflite(tflite.Model.GetRootAsModel(path.read_bytes(), 0))
+    if path.suffix == ".onnx":
+        import onnx
+        from tvm.relax.frontend.onnx import from_onnx
+
+        model = onnx.load(str(path))
+        shapes = {
+            i.name: [d.dim_value or 1 for d in i.type.tensor_type.shape.dim]
+            for i in model.graph.input
+        }
+        return from_onnx(model, shape_dict=shapes)
+    raise Unavailable(f"no stock TVM importer for {path.suffix}")
 
 
 def _litert(xnnpack: bool):
@@ -209,9 +226,10 @@ def bench_model(
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
     inputs = model_inputs(path)
-    reference = None
-    if path.suffix == ".tflite":
-        reference = _outputs(_litert(xnnpack=False)(path, 1, target, None)[0](inputs))
+    reference = None  # LiteRT builtin for TFLite models, onnxruntime for ONNX models
+    oracle = {".tflite": _litert(xnnpack=False), ".onnx": _onnxruntime}.get(path.suffix)
+    if oracle is not None:
+        reference = _outputs(oracle(path, 1, target, None)[0](inputs))
     results = []
     for engine in engines:
         try:
@@ -312,10 +330,11 @@ _RATIO_ORDER = ("litert_builtin", "litert_xnnpack", "stock_tvm", "onnxruntime")
 def format_timings(name: str, timings: Sequence[Timing], threads: int) -> str:
     """The ``tvm-qnn bench`` report: one line per engine, then ours as a ratio of each other."""
     lines = [f"{name}: median latency, {threads} thread(s), inputs and outputs copied"]
+    ref = "onnxruntime" if name.endswith(".onnx") else "LiteRT builtin"
     for t in timings:
         value = f"{t.ms:9.3f} ms" if t.ms is not None else f"{'n/a':>9}   ({t.note})"
         if t.maxdiff is not None:
-            value += f"   max diff vs LiteRT builtin {t.maxdiff:g}"
+            value += f"   max diff vs {ref} {t.maxdiff:g}"
         lines.append(f"  {t.engine:<15} {value}")
     ours = next((t.ms for t in timings if t.engine == "tvm_qnn_ext"), None)
     others = sorted(

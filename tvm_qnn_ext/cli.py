@@ -236,7 +236,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if unknown:
         raise CliError(f"unknown engine(s) {unknown}; choose from {','.join(ENGINES)}")
     path = _model_file(args.model)
-    _tflite_bytes(path)
+    if path.suffix != ".onnx":
+        _tflite_bytes(path)
     blocks = []
     with tempfile.TemporaryDirectory(prefix="tvm_qnn_bench_") as compiled:
         for n in args.threads:
@@ -312,7 +313,7 @@ def _parser() -> argparse.ArgumentParser:
         "--engines",
         default="tvm_qnn_ext,stock_tvm,litert_builtin,litert_xnnpack",
         help="comma-separated subset of tvm_qnn_ext,stock_tvm,litert_builtin,litert_xnnpack,"
-        "onnxruntime",
+        "onnxruntime (for a .onnx MODEL: tvm_qnn_ext,stock_tvm,onnxruntime)",
     )
     add("tune", cmd_tune, "auto-tune schedules (not implemented yet)", False, False)
     return p
