@@ -154,3 +154,30 @@ def test_conv2d_and_dense_match_reference(name):
     reports = _check(cases, target)
     scheduled = [r for r in reports if f": {name} tile" in r]
     assert len(scheduled) >= len(cases) // 2, reports
+
+
+def _matches_litert(path, target, samples: int) -> None:
+    from tvm_qnn_ext import compile_model
+    from tvm_qnn_ext.oracle import io_specs, litert, random_input, read_tflite
+
+    data = read_tflite(path)
+    model, oracle = compile_model(data, target=target), litert(data)
+    rng = np.random.default_rng(0)
+    inputs, _ = io_specs(data)
+    for _ in range(samples):
+        xs = [random_input(spec, rng) for spec in inputs]
+        for a, b in zip(model(*xs), oracle(xs), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_avx2_path_matches_litert_on_a_real_model(models):
+    """keyword_spotting_with_transfer_learning fuses a PAD into a conv epilogue."""
+    _matches_litert(models["keyword_spotting_with_transfer_learning"], _runnable("avx2_pmadd"), 3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_every_model_matches_litert_per_instruction_set(models, name):
+    target = _runnable(name)
+    for path in models.values():
+        _matches_litert(path, target, 5)
