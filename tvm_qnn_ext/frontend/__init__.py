@@ -8,11 +8,18 @@ def from_tflite(source, **options):
     return _impl(source, **options)
 
 
-def from_pytorch(model, example_inputs):
+def from_pytorch(model, example_inputs=None, **options):
     """Import a quantized PyTorch model (eager, FX or PT2E); see frontend.pytorch."""
     from .pytorch import from_pytorch as _impl
 
-    return _impl(model, example_inputs)
+    return _impl(model, example_inputs, **options)
 
 
-__all__ = ["from_pytorch", "from_tflite"]
+def from_onnx(source, **options):
+    """Import a QDQ or QOperator int8 ONNX model (path, bytes or ModelProto); see frontend.onnx."""
+    from .onnx import from_onnx as _impl
+
+    return _impl(source, **options)
+
+
+__all__ = ["from_onnx", "from_pytorch", "from_tflite"]
