@@ -93,10 +93,17 @@ def test_corrupt_model(capsys, tmp_path):
 
 
 def test_unsupported_format(capsys, tmp_path):
+    f = _write(tmp_path, "model.caffemodel", b"\x08\x07")
+    code, _, err = _run(capsys, "explain", str(f))
+    assert code == 1
+    _one_error_line(err, "unsupported model format '.caffemodel'")
+
+
+def test_corrupt_onnx_is_named(capsys, tmp_path):
     f = _write(tmp_path, "model.onnx", b"\x08\x07")
     code, _, err = _run(capsys, "explain", str(f))
     assert code == 1
-    _one_error_line(err, "unsupported model format '.onnx'")
+    _one_error_line(err, "not an ONNX model")
 
 
 def test_errors_have_no_traceback_in_a_real_process(tmp_path):

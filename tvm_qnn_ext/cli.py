@@ -1,7 +1,8 @@
 """tvm-qnn: fetch models, import, compile, run, check against LiteRT and benchmark.
 
 Every failure prints one line to stderr and exits non-zero (set TVM_QNN_DEBUG=1 for the
-traceback).  MODEL is a ``.tflite`` path or the name of a cached model (``tvm-qnn models list``).
+traceback).  MODEL is a ``.tflite`` (or ``.onnx``, ``.pt2``) path or the name of a cached model
+(``tvm-qnn models list``); ``check`` compares ``.tflite`` models with LiteRT.
 """
 
 from __future__ import annotations
@@ -55,9 +56,18 @@ def _tflite_bytes(path: Path) -> bytes:
     return read_tflite(path)
 
 
+MODEL_SUFFIXES = (".tflite", ".onnx", ".pt2")
+
+
 def _import(path: Path):
     """Our QNN IRModule for a model file (the importer is loaded lazily)."""
-    _tflite_bytes(path)
+    if path.suffix == ".tflite":
+        _tflite_bytes(path)
+    elif path.suffix not in MODEL_SUFFIXES:
+        raise CliError(
+            f"{path}: unsupported model format {path.suffix!r}; supported: "
+            + ", ".join(MODEL_SUFFIXES)
+        )
     from .compile import load_source
 
     try:
@@ -275,7 +285,11 @@ def _parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
         sp.set_defaults(func=fn)
         if model:
-            sp.add_argument("model", metavar="MODEL", help=".tflite file or cached model name")
+            sp.add_argument(
+                "model",
+                metavar="MODEL",
+                help="model file (.tflite, .onnx, .pt2) or cached model name",
+            )
         if target:
             sp.add_argument("--target", default="native", help="compilation target (native)")
         return sp
