@@ -36,11 +36,34 @@ N_SAMPLES = 20
 N_CALIB = 16
 
 
+class Branchy(torch.nn.Module):
+    """hardtanh (ReLU6), max pool, two branches joined by cat, mean, linear + relu, linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 16, 3, 1, 1)
+        self.left = torch.nn.Conv2d(16, 8, 1)
+        self.right = torch.nn.Conv2d(16, 8, 3, 1, 1, groups=8)
+        self.fc1, self.fc2 = torch.nn.Linear(16, 32), torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.max_pool2d(torch.nn.functional.relu6(self.stem(x)), 2)
+        x = torch.cat([torch.relu(self.left(x)), torch.relu(self.right(x))], dim=1)
+        return self.fc2(torch.relu(self.fc1(x.mean(dim=(2, 3)))))
+
+
+def _model(name: str) -> tuple[torch.nn.Module, tuple[int, ...]]:
+    if name == "branchy":
+        torch.manual_seed(1)
+        return Branchy(), (3, 16, 16)
+    return _float_model(name, seed=1)
+
+
 def _convert(name: str, kind: str) -> tuple[torch.fx.GraphModule, tuple[int, ...]]:
     """The PT2E-converted model (batch 1; calibrated on 16 single inputs)."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    model, shape = _float_model(name, seed=1)
+    model, shape = _model(name)
     calib = _inputs((N_CALIB, 1) + shape, seed=2)
     exported = torch.export.export(model.eval(), (calib[0],)).module()
     with warnings.catch_warnings():
@@ -68,7 +91,14 @@ def _region_program(name: str, kind: str):
     return torch.export.export(regions, example), inputs, shape
 
 
-CASES = [("resnet", "x86"), ("mobilenet", "x86"), ("mobilenet", "arm"), ("mobilenet", "xnnpack")]
+CASES = [
+    ("resnet", "x86"),
+    pytest.param("mobilenet", "x86", marks=pytest.mark.slow),
+    pytest.param("mobilenet", "arm", marks=pytest.mark.slow),
+    ("mobilenet", "xnnpack"),
+    ("branchy", "x86"),
+    ("branchy", "xnnpack"),
+]
 
 
 @pytest.mark.parametrize(("name", "kind"), CASES)
@@ -82,7 +112,7 @@ def test_every_quantized_tensor_within_one_step(name, kind, record_property, cap
         with torch.no_grad():
             want = [t.numpy().astype(np.int64) for t in reference(*args)]
         got = compiled(*(a.numpy() for a in args))
-        assert len(got) == len(want) > 5
+        assert len(got) == len(want) >= 4
         for g, w in zip(got, want, strict=True):
             diffs.append(np.abs(np.asarray(g, np.int64) - w).ravel())
         distinct = max(distinct, *(len(np.unique(w)) for w in want))

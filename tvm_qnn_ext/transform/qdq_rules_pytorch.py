@@ -9,7 +9,8 @@ back to its dequantized inputs and builds integers whose real value is ``scale *
 * dequantize: ``q - zp`` at ``s``;  conv2d / matmul of dequantized inputs and constant weights:
   the ``qnn.conv2d`` / ``qnn.dense`` accumulator at ``s_x * s_w[c]``, a float bias added as
   ``rint(b / (s_x * s_w[c]))``;
-* add of two such values: each rescaled (ties to even) to the smaller of their scales;
+* add of two such values: each rescaled (ties to even) to a common scale up to 2^-20 of the
+  smaller of their scales;
 * relu / clip: integer bounds;  adaptive avg pool to 1x1 / mean: the integer sum at
   ``scale / count``;  reshape / flatten keeping the channel axis: the same integers.
 
@@ -29,9 +30,8 @@ import numpy as np
 from tvm import relax
 
 from .. import op as qnn
-from ..quantization import dtype_range
 from . import qdq_rules_onnx as onnx_rules
-from .qdq_rules_onnx import act_bounds, deviation, requantize_output
+from .qdq_rules_onnx import deviation, requantize_output
 from .qdq_rules_tflite_unary import data_movement
 from .qdq_to_qnn import (
     NotRewritable,
@@ -46,6 +46,10 @@ from .requantize_half_even import half_even_requantize
 
 PYTORCH = "pytorch"
 INT32_MAX = 2**31 - 1
+#: An add's common scale lies up to this many bits below the smaller input scale.
+ADD_FRACTION_BITS = 20
+#: A sum's bound stays below this, leaving room for later sums (pooling) in int32.
+SUM_BUDGET = 2**24
 _ACCUMULATING = ("relax.nn.conv2d", "relax.matmul")
 _CHAIN_OPS = (
     "relax.nn.conv2d",
@@ -56,13 +60,21 @@ _CHAIN_OPS = (
     "relax.nn.adaptive_avg_pool2d",
     "relax.mean",
     "relax.reshape",
+    "relax.nn.max_pool2d",
+    "relax.concat",
     "relax.dequantize",
 )
+# Anchors first tried as plain integer data movement / ONNX-style concat (same quantization).
+_SIMPLE = {
+    "relax.reshape": data_movement,
+    "relax.nn.max_pool2d": data_movement,
+    "relax.concat": onnx_rules.concat,
+}
 
 
 @dataclass(frozen=True)
 class Fixed:
-    """Integers ``expr`` (int32/int64) with real value ``scale * expr``, ``|expr| <= bound``."""
+    """int32 integers ``expr`` with real value ``scale * expr``, ``|expr| <= bound``."""
 
     expr: relax.Expr
     scale: np.ndarray  # float64, one entry, or one per index of ``axis``
@@ -93,6 +105,10 @@ def fixed_point(ctx: RewriteContext, expr: relax.Expr) -> Fixed:
         return _mean(ctx, call)
     if name == "relax.reshape":
         return _reshape(ctx, call)
+    if name == "relax.nn.max_pool2d":
+        return _max_pool(ctx, call)
+    if name == "relax.concat":
+        return _concat(ctx, call)
     raise NotRewritable(f"{name or 'a non-call value'} in a float chain has no integer form")
 
 
@@ -170,17 +186,26 @@ def _add(ctx: RewriteContext, call: relax.Call) -> Fixed:
     if _is_float_constant(ctx, lhs) or _is_float_constant(ctx, rhs):
         raise NotRewritable("add of a constant to something other than a conv/linear")
     a, b = fixed_point(ctx, lhs), fixed_point(ctx, rhs)
-    common = float(min(a.scale.min(), b.scale.min()))
+    common = _common_scale(a, b)
     terms = [_rescale(ctx, f, common) for f in (a, b)]
     total = ctx.emit(relax.op.add(*(t.expr for t in terms)))
-    bound = terms[0].bound + terms[1].bound
-    if bound > INT32_MAX:
-        raise NotRewritable(f"sum bound {bound} exceeds int32")
-    return Fixed(total, np.array([common]), None, bound)
+    return Fixed(total, np.array([common]), None, terms[0].bound + terms[1].bound)
+
+
+def _common_scale(a: Fixed, b: Fixed) -> float:
+    """The finest scale ``min_scale / 2^k`` (k <= ADD_FRACTION_BITS) at which the sum stays
+    within ``SUM_BUDGET``: rescaling rounds by at most half of it, far below an output step."""
+    smallest = float(min(a.scale.min(), b.scale.min()))
+    for k in range(ADD_FRACTION_BITS, -1, -1):
+        common = smallest / 2.0**k
+        bound = sum(f.bound * float((f.scale / common).max()) + 1 for f in (a, b))
+        if bound <= SUM_BUDGET:
+            return common
+    raise NotRewritable("the sum of two values does not fit int32 at a common scale")
 
 
 def _rescale(ctx: RewriteContext, f: Fixed, scale: float) -> Fixed:
-    """``f`` at ``scale`` (<= every scale of ``f``), rounding half to even."""
+    """``f`` at ``scale``, rounding half to even."""
     ratio = f.scale / scale
     if np.all(ratio == 1.0):
         return f
@@ -231,9 +256,11 @@ def _mean(ctx: RewriteContext, call: relax.Call) -> Fixed:
     if f.axis is not None and f.axis % len(shape) in axes:
         raise NotRewritable("mean over the per-channel axis")
     count = int(np.prod([shape[x] for x in axes]))
+    if f.bound * count > INT32_MAX:  # coarsen first (still far below an output step)
+        coarse = float(f.scale.max()) * 2.0 ** np.ceil(np.log2(f.bound * count / 2**30))
+        f = _rescale(ctx, f, coarse)
     bound = f.bound * count
-    dtype = "int32" if bound <= INT32_MAX else "int64"
-    total = relax.op.sum(relax.op.astype(f.expr, dtype), axes, keepdims)
+    total = relax.op.sum(f.expr, axes, keepdims)
     axis = f.axis
     if axis is not None and not keepdims:
         axis = axis - sum(1 for x in axes if x < axis)
@@ -250,36 +277,57 @@ def _reshape(ctx: RewriteContext, call: relax.Call) -> Fixed:
     return Fixed(ctx.emit(relax.op.reshape(f.expr, after)), f.scale, f.axis, f.bound)
 
 
+def _max_pool(ctx: RewriteContext, call: relax.Call) -> Fixed:
+    """Scales are positive, so the max of the integers is the max of the reals."""
+    a = call.attrs
+    if str(a.layout) != "NCHW" or str(a.out_layout) != "NCHW" or bool(a.ceil_mode):
+        raise NotRewritable("max_pool2d with ceil_mode or a layout other than NCHW")
+    f = fixed_point(ctx, call.args[0])
+    y = relax.op.nn.max_pool2d(
+        f.expr, pool_size=[int(k) for k in a.pool_size], strides=[int(s) for s in a.strides],
+        padding=[int(p) for p in a.padding], dilation=[int(d) for d in a.dilation],
+        layout="NCHW",
+    )  # fmt: skip
+    return Fixed(ctx.emit(y), f.scale, f.axis, f.bound)
+
+
+def _concat(ctx: RewriteContext, call: relax.Call) -> Fixed:
+    """Along the channel axis the per-channel scales concatenate; otherwise every input is
+    rescaled to the finest common scale."""
+    fields = ctx.value(call.args[0])
+    if not isinstance(fields, relax.Tuple):
+        raise NotRewritable("concat of a non-literal tuple")
+    parts = [fixed_point(ctx, f) for f in fields.fields]
+    ndim = len(ctx.shape(call))
+    axis = int(call.attrs.axis) % ndim
+    if all(p.axis is None or p.axis % ndim == axis for p in parts):
+        scales = [p.channel_scale(ctx.shape(p.expr)[axis]) for p in parts]
+        bound = max(p.bound for p in parts)
+        y = relax.op.concat([relax.op.astype(p.expr, "int32") for p in parts], axis)
+        return Fixed(ctx.emit(y), np.concatenate(scales), axis, bound)
+    common = float(min(p.scale.min() for p in parts))
+    rescaled = [_rescale(ctx, p, common) for p in parts]
+    y = relax.op.concat([r.expr for r in rescaled], axis)
+    return Fixed(ctx.emit(y), np.array([common]), None, max(r.bound for r in rescaled))
+
+
 def _requantized(region: Region, f: Fixed) -> relax.Expr:
     """``f`` rounded half to even into the region's output (relu/hardtanh as its bounds)."""
-    if str(f.expr.ty.dtype) == "int32":
-        return requantize_output(region, f.expr, f.scale, 0, bound=f.bound, axis=f.axis,
-                                 out_scale=region.out.s)  # fmt: skip
-    lo, hi = act_bounds(region)
-    qlo, qhi = dtype_range(region.out.dtype)
-    return half_even_requantize(
-        region.ctx.emit, f.expr, f.scale / region.out.s, in_zero_point=0,
-        out_zero_point=region.out.zp, axis=f.axis, ndim=f.expr.ty.ndim,
-        out_min=qlo if lo is None else lo, out_max=qhi if hi is None else hi,
-        out_dtype=region.out.dtype, bound=f.bound,
-    )  # fmt: skip
+    return requantize_output(
+        region, f.expr, f.scale, 0, bound=f.bound, axis=f.axis, out_scale=region.out.s
+    )
 
 
 @qdq_rule(*_CHAIN_OPS, framework=PYTORCH)
 def float_chain(region: Region) -> relax.Expr:
     """Any float chain of the ops above between dequantizes and a quantize."""
-    if op_name(region.anchor) == "relax.reshape":
+    simple = _SIMPLE.get(op_name(region.anchor))
+    if simple is not None:
         try:
-            return data_movement(region)
+            return simple(region)
         except NotRewritable:
             pass
     return _requantized(region, fixed_point(region.ctx, region.anchor))
-
-
-@qdq_rule("relax.concat", framework=PYTORCH)
-def concat(region: Region) -> relax.Expr:
-    """``torch.cat`` of dequantized tensors: each input requantized to the output."""
-    return onnx_rules.concat(region)
 
 
 @qdq_binding_rule("relax.quantize", framework=PYTORCH)
