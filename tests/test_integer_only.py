@@ -11,6 +11,7 @@ from tvm import relax
 
 from tvm_qnn_ext import op as qnn
 from tvm_qnn_ext.op import OPS
+from tvm_qnn_ext.op.pytorch_epilogue import fbgemm_depthwise_conv2d
 from tvm_qnn_ext.quantization import INTEGER_MODES
 
 Q = dict(
@@ -126,10 +127,21 @@ BUILDERS = {
         ),
         [((2, 10), "int8")],
     ),
+    "qnn.fbgemm_depthwise_conv2d": (
+        lambda r, x: fbgemm_depthwise_conv2d(
+            x,
+            (np.arange(8 * 9).reshape(8, 1, 3, 3) % 255 - 127),
+            strides=(1, 1),
+            input_zero_point=3,
+            kernel_zero_point=0,
+        ),
+        [((1, 8, 6, 6), "uint8")],
+    ),
 }
 
 # Float at the edges by definition, or PyTorch's float epilogues ("float" mode only).
 FLOAT_OPS = {
+    "qnn.onednn_requantize",
     "qnn.quantize",
     "qnn.dequantize",
     "qnn.fbgemm_requantize",
@@ -137,7 +149,7 @@ FLOAT_OPS = {
     "qnn.torch_batch_norm",
     "qnn.torch_global_avg_pool",
 }
-MODELESS = {"qnn.max_pool2d", "qnn.lookup_table", "qnn.softmax"}
+MODELESS = {"qnn.max_pool2d", "qnn.lookup_table", "qnn.softmax", "qnn.fbgemm_depthwise_conv2d"}
 
 
 def _legalized_tir(op_name: str, rounding: str) -> list[str]:
