@@ -12,7 +12,8 @@ back to its dequantized inputs and builds integers whose real value is ``scale *
 * add of two such values: each rescaled (ties to even) to a common scale up to 2^-20 of the
   smaller of their scales;
 * relu / clip: integer bounds;  adaptive avg pool to 1x1 / mean: the integer sum at
-  ``scale / count``;  reshape / flatten keeping the channel axis: the same integers.
+  ``scale / count``;  reshape / flatten keeping the channel axis and max pool: the same
+  integers;  cat: per-channel scales side by side (channel axis), else a common scale.
 
 The quantize then rounds ``value * scale / s_out`` half to even (PyTorch's ``rint``) and
 saturates, with a peeled relu/hardtanh as its bounds (:func:`.qdq_rules_onnx.requantize_output`).
@@ -64,12 +65,8 @@ _CHAIN_OPS = (
     "relax.concat",
     "relax.dequantize",
 )
-# Anchors first tried as plain integer data movement / ONNX-style concat (same quantization).
-_SIMPLE = {
-    "relax.reshape": data_movement,
-    "relax.nn.max_pool2d": data_movement,
-    "relax.concat": onnx_rules.concat,
-}
+# Anchors first tried as plain integer data movement (same quantization in and out).
+_SIMPLE = {"relax.reshape": data_movement, "relax.nn.max_pool2d": data_movement}
 
 
 @dataclass(frozen=True)
@@ -192,16 +189,17 @@ def _add(ctx: RewriteContext, call: relax.Call) -> Fixed:
     return Fixed(total, np.array([common]), None, terms[0].bound + terms[1].bound)
 
 
-def _common_scale(a: Fixed, b: Fixed) -> float:
-    """The finest scale ``min_scale / 2^k`` (k <= ADD_FRACTION_BITS) at which the sum stays
-    within ``SUM_BUDGET``: rescaling rounds by at most half of it, far below an output step."""
-    smallest = float(min(a.scale.min(), b.scale.min()))
+def _common_scale(*parts: Fixed, total: bool = True) -> float:
+    """The finest scale ``min_scale / 2^k`` (k <= ADD_FRACTION_BITS) at which the sum (or,
+    with ``total=False``, each part) stays within ``SUM_BUDGET``: rescaling rounds by at most
+    half of it, far below an output step."""
+    smallest = float(min(f.scale.min() for f in parts))
     for k in range(ADD_FRACTION_BITS, -1, -1):
         common = smallest / 2.0**k
-        bound = sum(f.bound * float((f.scale / common).max()) + 1 for f in (a, b))
-        if bound <= SUM_BUDGET:
+        bounds = [f.bound * float((f.scale / common).max()) + 1 for f in parts]
+        if (sum(bounds) if total else max(bounds)) <= SUM_BUDGET:
             return common
-    raise NotRewritable("the sum of two values does not fit int32 at a common scale")
+    raise NotRewritable("values do not fit int32 at a common scale")
 
 
 def _rescale(ctx: RewriteContext, f: Fixed, scale: float) -> Fixed:
@@ -293,7 +291,7 @@ def _max_pool(ctx: RewriteContext, call: relax.Call) -> Fixed:
 
 def _concat(ctx: RewriteContext, call: relax.Call) -> Fixed:
     """Along the channel axis the per-channel scales concatenate; otherwise every input is
-    rescaled to the finest common scale."""
+    rescaled to a common scale (as for add)."""
     fields = ctx.value(call.args[0])
     if not isinstance(fields, relax.Tuple):
         raise NotRewritable("concat of a non-literal tuple")
@@ -305,7 +303,7 @@ def _concat(ctx: RewriteContext, call: relax.Call) -> Fixed:
         bound = max(p.bound for p in parts)
         y = relax.op.concat([relax.op.astype(p.expr, "int32") for p in parts], axis)
         return Fixed(ctx.emit(y), np.concatenate(scales), axis, bound)
-    common = float(min(p.scale.min() for p in parts))
+    common = _common_scale(*parts, total=False)
     rescaled = [_rescale(ctx, p, common) for p in parts]
     y = relax.op.concat([r.expr for r in rescaled], axis)
     return Fixed(ctx.emit(y), np.array([common]), None, max(r.bound for r in rescaled))
