@@ -30,6 +30,19 @@ def _litert_rounding(ctx: Context, op: Operator) -> dict:
     return dict(rounding="tflite")
 
 
+def _float32_scale_product(ctx: Context, op: Operator) -> bool:
+    """Whether LiteRT multiplies s_in * s_w in float32 rather than in double.
+
+    Per-channel code (PopulateConvolutionQuantizationParams) forms the product in double; uint8
+    kernels and FULLY_CONNECTED with one weight scale take the legacy
+    GetQuantizedConvolutionMultipler, whose product is float32.  Measured: an accumulator at a
+    rounding tie moves by one step (tests/test_tflite_fc_rounding.py).
+    """
+    if ctx.tensor(op.inputs[0]).dtype == "uint8":
+        return True
+    return op.name == "FULLY_CONNECTED" and len(ctx.quant(op.inputs[1]).scale) == 1
+
+
 def _is_grouped(ctx: Context, op: Operator) -> bool:
     return ctx.tensor(op.inputs[1]).shape[3] != ctx.tensor(op.inputs[0]).shape[3]
 
@@ -65,10 +78,7 @@ def _requantize(ctx: Context, op: Operator, acc: relax.Expr, axis: int) -> relax
     qi, qw, qo = ctx.quant(op.inputs[0]), ctx.quant(op.inputs[1]), ctx.quant(op.outputs[0])
     out = ctx.tensor(op.outputs[0])
     lo, hi = activation_range(op.options.get("fused_activation_function", 0), qo, out.dtype)
-    # TFLite forms s_in * s_w[c] in double and divides by s_out in double, except that uint8
-    # kernels take the legacy GetQuantizedConvolutionMultipler, whose product is float32
-    # (measured: an accumulator at a rounding tie moves by one step).
-    if ctx.tensor(op.inputs[0]).dtype == "uint8":
+    if _float32_scale_product(ctx, op):
         acc_scale = (np.float32(qi.scale[0]) * qw.scale.astype(np.float32)).astype(np.float64)
     else:
         acc_scale = qi.scale[0] * qw.scale
