@@ -117,7 +117,10 @@ def import_relax(ep: torch.export.ExportedProgram) -> tvm.IRModule:
     """TVM's ``from_exported_program`` with the quantize/dequantize converters."""
     from tvm.relax.frontend.torch import exported_program_translator as ept
 
-    ep = _exported(ep)
+    # An empty table only functionalizes (batch_norm -> its inference form, which TVM reads
+    # right; it reads aten.batch_norm as training mode) and keeps conv2d, linear, max_pool2d
+    # whole (the default table's max_pool2d_with_indices leaves float indices behind).
+    ep = _exported(ep).run_decompositions({})
     importer = ept.ExportedProgramImporter()
     importer.qdq_tensors = _placeholder_tensors(ep)
     return importer.from_exported_program(
