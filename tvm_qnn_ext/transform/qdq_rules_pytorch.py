@@ -63,10 +63,16 @@ _CHAIN_OPS = (
     "relax.reshape",
     "relax.nn.max_pool2d",
     "relax.concat",
+    "relax.nn.pad",
+    "relax.permute_dims",
     "relax.dequantize",
 )
 # Anchors first tried as plain integer data movement (same quantization in and out).
-_SIMPLE = {"relax.reshape": data_movement, "relax.nn.max_pool2d": data_movement}
+_SIMPLE = {
+    "relax.reshape": data_movement,
+    "relax.permute_dims": data_movement,
+    "relax.nn.max_pool2d": data_movement,
+}
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,11 @@ def fixed_point(ctx: RewriteContext, expr: relax.Expr) -> Fixed:
         if q.zp:
             centred = relax.op.subtract(centred, relax.const(q.zp, "int32"))
         return Fixed(ctx.emit(centred), np.array([q.s]), None, deviation(q))
+    item = ctx.value(expr)
+    if isinstance(item, relax.TupleGetItem) and item.index == 0:
+        bn = ctx.call(item.tuple_value, "relax.nn.batch_norm")
+        if bn is not None:
+            return _batch_norm(ctx, bn)
     call = ctx.call(expr)
     name = op_name(call) if call is not None else None
     if name in _ACCUMULATING:
@@ -106,6 +117,10 @@ def fixed_point(ctx: RewriteContext, expr: relax.Expr) -> Fixed:
         return _max_pool(ctx, call)
     if name == "relax.concat":
         return _concat(ctx, call)
+    if name == "relax.nn.pad":
+        return _pad(ctx, call)
+    if name == "relax.permute_dims":
+        return _permute(ctx, call)
     raise NotRewritable(f"{name or 'a non-call value'} in a float chain has no integer form")
 
 
@@ -270,8 +285,8 @@ def _reshape(ctx: RewriteContext, call: relax.Call) -> Fixed:
     before, after = ctx.shape(call.args[0]), ctx.shape(call)
     if f.axis is not None:
         ax = f.axis % len(before)
-        if tuple(after[: ax + 1]) != tuple(before[: ax + 1]):
-            raise NotRewritable("reshape moves the per-channel axis")
+        if tuple(after[: ax + 1]) != tuple(before[: ax + 1]):  # the channel axis moves
+            f = _rescale(ctx, f, _common_scale(f, total=False))
     return Fixed(ctx.emit(relax.op.reshape(f.expr, after)), f.scale, f.axis, f.bound)
 
 
@@ -309,6 +324,52 @@ def _concat(ctx: RewriteContext, call: relax.Call) -> Fixed:
     return Fixed(ctx.emit(y), np.array([common]), None, max(r.bound for r in rescaled))
 
 
+def _batch_norm(ctx: RewriteContext, call: relax.Call) -> Fixed:
+    """Inference batch norm ``x * alpha + beta`` per channel (ATen's float32 ``alpha``):
+    the scale becomes ``scale * alpha``, ``beta`` an integer offset at that scale."""
+    if int(call.attrs.axis) != 1 or bool(call.attrs.training):
+        raise NotRewritable("batch_norm in training mode or not on axis 1")
+    gamma, beta, mean, var = (ctx.constant(a) for a in call.args[1:5])
+    if any(v is None for v in (gamma, beta, mean, var)):
+        raise NotRewritable("batch_norm with non-constant statistics")
+    f = fixed_point(ctx, call.args[0])
+    eps = np.float32(float(call.attrs.epsilon))
+    alpha = gamma.astype(np.float32) / np.sqrt(var.astype(np.float32) + eps)
+    shift = beta.astype(np.float32) - mean.astype(np.float32) * alpha
+    if np.any(alpha <= 0):
+        raise NotRewritable("batch_norm with a non-positive scale (it would reorder max pool)")
+    if f.axis is not None and f.axis != 1:
+        raise NotRewritable("batch_norm after a per-channel scale on another axis")
+    alpha, shift = alpha.astype(np.float64), shift.astype(np.float64)
+    offset_bound = float(np.abs(shift / (f.channel_scale(alpha.size) * alpha)).max(initial=0))
+    if offset_bound > SUM_BUDGET // 2:  # a coarser common scale (far below an output step)
+        coarse = float(np.abs(shift / alpha).max()) / 2.0**22
+        f = _rescale(ctx, f, max(coarse, float(f.scale.max())))
+    scale = f.channel_scale(alpha.size) * alpha
+    offset = np.rint(shift / scale)
+    bound = f.bound + int(np.abs(offset).max(initial=0))
+    if bound > INT32_MAX:
+        raise NotRewritable("batch_norm offset does not fit int32")
+    c = relax.const(offset.astype(np.int32).reshape(1, -1, *[1] * (f.expr.ty.ndim - 2)))
+    return Fixed(ctx.emit(relax.op.add(f.expr, c)), scale, 1, bound)
+
+
+def _pad(ctx: RewriteContext, call: relax.Call) -> Fixed:
+    if str(call.attrs.pad_mode) != "constant" or float(call.attrs.pad_value) != 0.0:
+        raise NotRewritable("pad other than constant zeros")
+    f = fixed_point(ctx, call.args[0])
+    y = relax.op.nn.pad(f.expr, [int(p) for p in call.attrs.pad_width], "constant", 0.0)
+    return Fixed(ctx.emit(y), f.scale, f.axis, f.bound)
+
+
+def _permute(ctx: RewriteContext, call: relax.Call) -> Fixed:
+    f = fixed_point(ctx, call.args[0])
+    ndim = f.expr.ty.ndim
+    axes = list(range(ndim))[::-1] if call.attrs.axes is None else [int(a) for a in call.attrs.axes]
+    axis = None if f.axis is None else axes.index(f.axis % ndim)
+    return Fixed(ctx.emit(relax.op.permute_dims(f.expr, axes)), f.scale, axis, f.bound)
+
+
 def _requantized(region: Region, f: Fixed) -> relax.Expr:
     """``f`` rounded half to even into the region's output (relu/hardtanh as its bounds)."""
     return requantize_output(
@@ -319,6 +380,9 @@ def _requantized(region: Region, f: Fixed) -> relax.Expr:
 @qdq_rule(*_CHAIN_OPS, framework=PYTORCH)
 def float_chain(region: Region) -> relax.Expr:
     """Any float chain of the ops above between dequantizes and a quantize."""
+    padded = _padded_input(region)
+    if padded is not None:
+        return padded
     simple = _SIMPLE.get(op_name(region.anchor))
     if simple is not None:
         try:
@@ -326,6 +390,26 @@ def float_chain(region: Region) -> relax.Expr:
         except NotRewritable:
             pass
     return _requantized(region, fixed_point(region.ctx, region.anchor))
+
+
+def _padded_input(region: Region) -> relax.Expr | None:
+    """``quantize(pad(x))`` of a float model input: quantize (PyTorch's rounding), then pad
+    with the zero point (zeros quantize to it exactly)."""
+    ctx, pad = region.ctx, region.anchor
+    x = pad.args[0]
+    if op_name(pad) != "relax.nn.pad" or ctx.call(x) is not None or dtype_of(x) != "float32":
+        return None
+    if str(pad.attrs.pad_mode) != "constant" or float(pad.attrs.pad_value) != 0.0:
+        raise NotRewritable("pad of the model input other than constant zeros")
+    _no_activation_or_raise(region)
+    out = region.out
+    q = ctx.emit(qnn.quantize(ctx.use(x), out.s, out.zp, out.dtype, rounding="float"))
+    return relax.op.nn.pad(q, [int(p) for p in pad.attrs.pad_width], "constant", float(out.zp))
+
+
+def _no_activation_or_raise(region: Region) -> None:
+    if region.act != (None, None):
+        raise NotRewritable(f"an activation after {op_name(region.anchor)}")
 
 
 @qdq_binding_rule("relax.quantize", framework=PYTORCH)
