@@ -101,6 +101,7 @@ CASES = [
     ("branchy", "xnnpack"),
     # pad, conv, relu, float batch norm, max pool, permute, reshape, linear (~30 s)
     pytest.param("crepe", "x86", marks=pytest.mark.slow),
+    pytest.param("crepe", "xnnpack", marks=pytest.mark.slow),  # batch norm on int8 inputs
 ]
 
 

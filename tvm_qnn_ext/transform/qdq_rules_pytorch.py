@@ -286,7 +286,11 @@ def _reshape(ctx: RewriteContext, call: relax.Call) -> Fixed:
     if f.axis is not None:
         ax = f.axis % len(before)
         if tuple(after[: ax + 1]) != tuple(before[: ax + 1]):  # the channel axis moves
-            f = _rescale(ctx, f, _common_scale(f, total=False))
+            try:
+                common = _common_scale(f, total=False)
+            except NotRewritable:
+                common = float(f.scale.max())  # coarser: every value shrinks
+            f = _rescale(ctx, f, common)
     return Fixed(ctx.emit(relax.op.reshape(f.expr, after)), f.scale, f.axis, f.bound)
 
 
@@ -341,10 +345,9 @@ def _batch_norm(ctx: RewriteContext, call: relax.Call) -> Fixed:
     if f.axis is not None and f.axis != 1:
         raise NotRewritable("batch_norm after a per-channel scale on another axis")
     alpha, shift = alpha.astype(np.float64), shift.astype(np.float64)
-    offset_bound = float(np.abs(shift / (f.channel_scale(alpha.size) * alpha)).max(initial=0))
-    if offset_bound > SUM_BUDGET // 2:  # a coarser common scale (far below an output step)
-        coarse = float(np.abs(shift / alpha).max()) / 2.0**22
-        f = _rescale(ctx, f, max(coarse, float(f.scale.max())))
+    common = _batch_norm_scale(f, alpha, shift)
+    if common is not None:
+        f = _rescale(ctx, f, common)
     scale = f.channel_scale(alpha.size) * alpha
     offset = np.rint(shift / scale)
     bound = f.bound + int(np.abs(offset).max(initial=0))
@@ -352,6 +355,22 @@ def _batch_norm(ctx: RewriteContext, call: relax.Call) -> Fixed:
         raise NotRewritable("batch_norm offset does not fit int32")
     c = relax.const(offset.astype(np.int32).reshape(1, -1, *[1] * (f.expr.ty.ndim - 2)))
     return Fixed(ctx.emit(relax.op.add(f.expr, c)), scale, 1, bound)
+
+
+def _batch_norm_scale(f: Fixed, alpha: np.ndarray, shift: np.ndarray) -> float | None:
+    """A common input scale for batch norm: fine enough that its offset ``shift`` rounds far
+    below an output step (a dequantized input's own scale is too coarse), coarse enough that
+    the values and offsets stay within ``SUM_BUDGET``; None keeps ``f`` as it is."""
+    smallest = float(f.scale.min())
+    for k in range(ADD_FRACTION_BITS, -1, -1):
+        t = smallest / 2.0**k
+        bound = f.bound * float(f.scale.max()) / t + float(np.abs(shift / (t * alpha)).max())
+        if bound <= SUM_BUDGET:
+            return t
+    offsets = np.abs(shift / (f.channel_scale(alpha.size) * alpha))
+    if f.bound + float(offsets.max()) <= SUM_BUDGET * 64:
+        return None  # already fine (an accumulator): keep its per-channel scale
+    return max(float(np.abs(shift / alpha).max()) / 2.0**22, float(f.scale.max()))
 
 
 def _pad(ctx: RewriteContext, call: relax.Call) -> Fixed:
