@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +81,8 @@ class CompiledModel:
     def export(self, path: str | os.PathLike) -> Path:
         """Write a shared library loadable with :meth:`load` (or TVM's runtime directly)."""
         path = Path(path)
-        self.executable.export_library(str(path))
+        with _without_scope_warnings():
+            self.executable.export_library(str(path))
         spec_path = path.with_suffix(path.suffix + ".inputs.npy")
         np.save(
             spec_path,
@@ -89,7 +94,8 @@ class CompiledModel:
     @classmethod
     def load(cls, path: str | os.PathLike) -> CompiledModel:
         path = Path(path)
-        lib = tvm.runtime.load_module(str(path))
+        with _without_scope_warnings():
+            lib = tvm.runtime.load_module(str(path))
         spec_path = path.with_suffix(path.suffix + ".inputs.npy")
         inputs = [TensorSpec(n, tuple(s), d) for n, s, d in np.load(spec_path, allow_pickle=True)]
         return cls(lib, inputs)
@@ -101,6 +107,28 @@ def _aligned_empty(shape: tuple[int, ...], dtype: str) -> np.ndarray:
     raw = np.empty(nbytes + 64, np.uint8)
     start = -raw.ctypes.data % 64
     return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+_SCOPE_WARNINGS = ("Warning: Scope Saving:", "Warning: Scope Loaded:")
+
+
+@contextlib.contextmanager
+def _without_scope_warnings() -> Iterator[None]:
+    """TVM 0.27 logs a warning per constant when it saves or loads a VM executable; drop
+    those lines from stderr and pass every other line through."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not any(w in line for w in _SCOPE_WARNINGS):
+                    sys.stderr.write(line)
 
 
 def _flatten(out) -> list:
