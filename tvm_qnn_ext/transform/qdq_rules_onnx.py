@@ -33,6 +33,7 @@ from .qdq_to_qnn import (
     QParams,
     Region,
     RewriteContext,
+    concat_region,
     dtype_of,
     op_name,
     qdq_binding_rule,
@@ -324,22 +325,7 @@ def concat(region: Region) -> relax.Expr:
     from the output's, rounding half to even in float)."""
     if region.act != (None, None):
         raise NotRewritable("an activation after Concat")
-    ctx = region.ctx
-    fields = ctx.value(region.anchor.args[0])
-    if not isinstance(fields, relax.Tuple):
-        raise NotRewritable("concat of a non-literal tuple")
-    inputs = [ctx.input(f, f"concat input {i}") for i, f in enumerate(fields.fields)]
-    out = region.out
-    return qnn.concatenate(
-        [x for x, _ in inputs],
-        axis=int(region.anchor.attrs.axis) % len(region.out_shape),
-        input_scales=[q.s for _, q in inputs],
-        input_zero_points=[q.zp for _, q in inputs],
-        output_scale=out.s,
-        output_zero_point=out.zp,
-        out_dtype=out.dtype,
-        rounding=ROUNDING,
-    )
+    return concat_region(region, ROUNDING)
 
 
 @qdq_rule("relax.nn.avg_pool2d", framework=ONNX)

@@ -13,6 +13,7 @@ from .qdq_to_qnn import (
     NotRewritable,
     Region,
     RewriteContext,
+    concat_region,
     dtype_of,
     op_name,
     qdq_binding_rule,
@@ -155,22 +156,7 @@ def max_min(region: Region) -> relax.Expr:
 @qdq_rule("relax.concat", framework=TFLITE)
 def concat(region: Region) -> relax.Expr:
     _no_activation(region)
-    ctx = region.ctx
-    fields = ctx.value(region.anchor.args[0])
-    if not isinstance(fields, relax.Tuple):
-        raise NotRewritable("concat of a non-literal tuple")
-    inputs = [ctx.input(f, f"concat input {i}") for i, f in enumerate(fields.fields)]
-    out = region.out
-    return qnn.concatenate(
-        [x for x, _ in inputs],
-        axis=int(region.anchor.attrs.axis) % len(region.out_shape),
-        input_scales=[q.s for _, q in inputs],
-        input_zero_points=[q.zp for _, q in inputs],
-        output_scale=out.s,
-        output_zero_point=out.zp,
-        out_dtype=out.dtype,
-        rounding="tflite",
-    )
+    return concat_region(region, "tflite")
 
 
 # -- binding rules: model edges and TVM's own integer patterns -----------------------------------

@@ -30,6 +30,7 @@ import tvm
 from tvm import relax
 from tvm.ir import GenericConst
 
+from .. import op as qnn
 from ..op import QnnTypeError
 from ..quantization import QuantizationParamError
 from .pipeline import pipeline_stage
@@ -266,6 +267,27 @@ class RewriteContext:
     def emit(self, expr: relax.Expr) -> relax.Var:
         self.emitted.append(op_name(expr) or "value")
         return self._mutator.builder_.emit(expr)
+
+
+def concat_region(region: Region, rounding: str) -> relax.Expr:
+    """``qnn.concatenate`` of a quantized concat region: each input requantized to the output's
+    parameters with ``rounding`` (the frameworks differ only there)."""
+    ctx = region.ctx
+    fields = ctx.value(region.anchor.args[0])
+    if not isinstance(fields, relax.Tuple):
+        raise NotRewritable("concat of a non-literal tuple")
+    inputs = [ctx.input(f, f"concat input {i}") for i, f in enumerate(fields.fields)]
+    out = region.out
+    return qnn.concatenate(
+        [x for x, _ in inputs],
+        axis=int(region.anchor.attrs.axis) % len(region.out_shape),
+        input_scales=[q.s for _, q in inputs],
+        input_zero_points=[q.zp for _, q in inputs],
+        output_scale=out.s,
+        output_zero_point=out.zp,
+        out_dtype=out.dtype,
+        rounding=rounding,
+    )
 
 
 def _fold_permute(c: np.ndarray, call: relax.Call) -> np.ndarray:
