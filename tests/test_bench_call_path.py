@@ -1,5 +1,6 @@
-"""CompiledModel's call path (preallocated aligned inputs shared with TVM, outputs read via
-DLPack): fresh, correct, independent results on every call, against the numpy reference."""
+"""CompiledModel's call path (preallocated aligned inputs shared with TVM, the VM's
+``main_preallocated`` on a workspace allocated once, outputs copied out through DLPack): fresh,
+correct, independent results on every call, against the numpy reference and LiteRT builtin."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ import tvm
 from tvm import relax
 
 from tvm_qnn_ext import op
+from tvm_qnn_ext.bench import model_inputs
 from tvm_qnn_ext.compile import CompiledModel, _aligned_empty, compile_model
 from tvm_qnn_ext.quantization import requantize
+from tvm_qnn_ext.testing.litert import LiteRTRunner
+from tvm_qnn_ext.transform.preallocate import PREALLOCATED, WORKSPACE, add_preallocated_main
+from tvm_qnn_ext.transform.report import collect_reports
 
 SHAPE = (2, 5, 7)
 
@@ -37,6 +42,7 @@ def model() -> CompiledModel:
 def test_every_call_sees_its_own_inputs(model):
     rng = np.random.default_rng(0)
     assert model._staging is not None  # the fast path is the one under test
+    assert model._run is not model._main  # ... on the preallocated workspace
     results = []
     for _ in range(5):
         a = rng.integers(-128, 128, SHAPE).astype(np.int8)
@@ -76,3 +82,58 @@ def test_staging_buffers_are_aligned_for_dlpack():
         assert buf.ctypes.data % 64 == 0 and buf.shape == shape and buf.dtype == dtype
         buf[...] = 1
         assert tvm.runtime.from_dlpack(buf).numpy().sum() == buf.size
+
+
+def test_plain_main_and_preallocated_main_agree(model):
+    rng = np.random.default_rng(2)
+    a = rng.integers(-128, 128, SHAPE).astype(np.int8)
+    b = rng.integers(-128, 128, SHAPE).astype(np.int8)
+    plain = model._main(tvm.runtime.tensor(a), tvm.runtime.tensor(b))
+    r, s = model(a, b)
+    np.testing.assert_array_equal(plain[0].numpy(), r)
+    np.testing.assert_array_equal(plain[1].numpy(), s)
+
+
+def test_a_module_that_is_not_vm_lowered_is_left_alone():
+    mod = _two_input_module()
+    with collect_reports() as entries:
+        out = add_preallocated_main(mod)
+    assert PREALLOCATED not in [g.name_hint for g in out.get_global_vars()]
+    assert any("main left as is" in e.message for e in entries)
+
+
+@pytest.fixture(scope="module")
+def magic_wand(models):
+    """A real model whose main has a reshape view, a softmax with scratch outputs and a tuple."""
+    path = models["tflite_micro_magic_wand"]
+    return path, compile_model(path)
+
+
+@pytest.mark.parametrize("name", ["tflite_micro_magic_wand", "anomaly_detection"])
+def test_real_model_calls_are_independent_and_bit_exact(models, magic_wand, name):
+    path, model = magic_wand if name == "tflite_micro_magic_wand" else (None, None)
+    if model is None:
+        path = models[name]
+        model = compile_model(path)
+    litert = LiteRTRunner(path.read_bytes())
+    assert model._vm.module.implements_function(WORKSPACE)
+    inputs = [model_inputs(path, seed) for seed in range(3)]
+    outputs = [model(*x) for x in inputs]
+    for x, out in zip(inputs, outputs, strict=True):
+        for ours, ref in zip(out, litert(x), strict=True):
+            np.testing.assert_array_equal(ours, ref)
+    if name == "anomaly_detection":  # (magic_wand's softmax saturates on random inputs)
+        assert not np.array_equal(outputs[0][0], outputs[1][0])
+
+
+def test_exported_model_keeps_both_entry_points(magic_wand, tmp_path):
+    path, model = magic_wand
+    loaded = CompiledModel.load(model.export(tmp_path / "wand.so"))
+    assert loaded._run is not loaded._main
+    x = model_inputs(path, 5)
+    expected = LiteRTRunner(path.read_bytes())(x)
+    np.testing.assert_array_equal(loaded(*x)[0], expected[0])
+    # TVM's runtime alone still runs the allocating main
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(tmp_path / "wand.so")), tvm.cpu())
+    plain = vm["main"](*[tvm.runtime.tensor(a) for a in x])
+    np.testing.assert_array_equal(plain.numpy(), expected[0])

@@ -15,6 +15,7 @@ import tvm
 from tvm import relax
 
 from .target import resolve_target
+from .transform.preallocate import PREALLOCATED, WORKSPACE, add_preallocated_main
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,12 @@ def _specs(func: relax.Function) -> list[TensorSpec]:
 class CompiledModel:
     """A compiled model: call it on numpy arrays, get a list of numpy arrays back.
 
-    On the CPU a call costs about 2 us plus the kernels: inputs are copied into preallocated,
+    On the CPU a call costs the kernels plus about 2 us: inputs are copied into preallocated,
     64-byte aligned buffers that TVM shares without a copy (``tvm.runtime.tensor`` would
-    allocate and wrap a new tensor each call, about 25 us), and outputs are read through
-    DLPack.  One instance is not meant to be called from several threads at once.
+    allocate and wrap a new tensor each call, about 25 us), the VM runs
+    ``main_preallocated`` on a workspace allocated once (see ``transform/preallocate.py``),
+    and outputs are copied out through DLPack, so each call returns fresh arrays.  One
+    instance is not meant to be called from several threads at once.
     """
 
     def __init__(self, executable, inputs: list[TensorSpec], device=None):
@@ -48,12 +51,19 @@ class CompiledModel:
         self.device = device or tvm.cpu()
         self._vm = relax.VirtualMachine(executable, self.device)
         self._main = self._vm["main"]
+        self._expected = [(np.dtype(s.dtype), s.shape) for s in inputs]
         self._staging: list[np.ndarray] | None = None
         self._args: list[tvm.runtime.Tensor] = []
+        self._run = self._main
+        self._run_args: list = []
         on_cpu = self.device.dlpack_device_type() == tvm.cpu().dlpack_device_type()
         if on_cpu and all(s.shape for s in inputs):
             self._staging = [_aligned_empty(s.shape, s.dtype) for s in inputs]
             self._args = [tvm.runtime.from_dlpack(a) for a in self._staging]
+            self._run_args = list(self._args)
+            if self._vm.module.implements_function(PREALLOCATED):
+                self._run = self._vm[PREALLOCATED]
+                self._run_args += list(self._vm[WORKSPACE]())
 
     def _check(self, spec: TensorSpec, a) -> np.ndarray:
         a = np.asarray(a)
@@ -64,19 +74,26 @@ class CompiledModel:
         return a
 
     def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        if self._staging is None:
+            return self._call_unstaged(arrays)
+        if len(arrays) != len(self._staging):
+            raise ValueError(f"model takes {len(self.inputs)} inputs, got {len(arrays)}")
+        for i, a in enumerate(arrays):
+            dtype, shape = self._expected[i]
+            if type(a) is not np.ndarray or a.dtype != dtype or a.shape != shape:
+                a = self._check(self.inputs[i], a)
+            np.copyto(self._staging[i], a)
+        out = self._run(*self._run_args)
+        if type(out) is tvm.runtime.Tensor:
+            return [np.from_dlpack(out).copy()]
+        return [np.from_dlpack(o).copy() for o in _flatten(out)]
+
+    def _call_unstaged(self, arrays) -> list[np.ndarray]:
         if len(arrays) != len(self.inputs):
             raise ValueError(f"model takes {len(self.inputs)} inputs, got {len(arrays)}")
         checked = [self._check(spec, a) for spec, a in zip(self.inputs, arrays, strict=True)]
-        if self._staging is not None:
-            for buf, a in zip(self._staging, checked, strict=True):
-                np.copyto(buf, a)
-            out = self._main(*self._args)
-        else:
-            args = [tvm.runtime.tensor(np.ascontiguousarray(a), self.device) for a in checked]
-            out = self._main(*args)
-        if self._staging is None:
-            return [o.numpy() for o in _flatten(out)]
-        return [np.from_dlpack(o).copy() for o in _flatten(out)]
+        args = [tvm.runtime.tensor(np.ascontiguousarray(a), self.device) for a in checked]
+        return [o.numpy() for o in _flatten(self._main(*args))]
 
     def export(self, path: str | os.PathLike) -> Path:
         """Write a shared library loadable with :meth:`load` (or TVM's runtime directly)."""
@@ -182,6 +199,9 @@ def _is_torch_model(source) -> bool:
     )
 
 
+_EXEC_MODE = "bytecode"
+
+
 def compile_model(
     source, target="native", *, pipeline_options: dict | None = None, **options
 ) -> CompiledModel:
@@ -194,5 +214,6 @@ def compile_model(
     mod = load_source(source, **options)
     tgt = resolve_target(target)
     qnn = relax.get_pipeline("qnn", target=tgt, **(pipeline_options or {}))
-    executable = tvm.compile(mod, tgt, relax_pipeline=qnn)
+    lowering = tvm.transform.Sequential([qnn, add_preallocated_main])
+    executable = relax.build(mod, tgt, relax_pipeline=lowering, exec_mode=_EXEC_MODE)
     return CompiledModel(executable, _specs(mod["main"]))
