@@ -1,66 +1,145 @@
 """Fixed-point multiply as integer-only TIR expressions, mirroring
-:func:`tvm_qnn_ext.quantization.multiply_by_quantized_multiplier` term for term."""
+:func:`tvm_qnn_ext.quantization.multiply_by_quantized_multiplier` term for term.
+
+The TFLite modes are written on int32 lanes wherever the arithmetic allows it: only the
+32x32->64 high multiply needs 64 bits (LLVM turns it into ``vpmuldq`` pairs), and the rounding
+right shift is TFLite's own overflow-free form.  On a 512-bit register that is 16 lanes per
+instruction instead of 8, which matters in epilogues of small-K layers where the requantize
+costs more than the dot product.
+"""
 
 from __future__ import annotations
 
 from tvm import te, tirx
 from tvm.ir.expr import Expr as PrimExpr
 
+I32 = "int32"
 I64 = "int64"
 
 
+def _as(v, dtype: str) -> PrimExpr:
+    if isinstance(v, PrimExpr):
+        return v if str(v.ty) == dtype else v.astype(dtype)
+    return tirx.const(int(v), dtype)
+
+
 def _i64(v) -> PrimExpr:
-    if isinstance(v, PrimExpr):
-        return v if str(v.ty) == I64 else v.astype(I64)
-    return tirx.const(int(v), I64)
+    return _as(v, I64)
 
 
-def _max0(v):
-    if isinstance(v, PrimExpr):
-        return tirx.max(v, tirx.const(0, str(v.ty)))
-    return max(int(v), 0)
+def _i32(v) -> PrimExpr:
+    return _as(v, I32)
 
 
-def _sign_fix(x: PrimExpr, half: PrimExpr) -> PrimExpr:
-    """1 when ``x < 0`` and ``half > 0``, else 0: turns round-half-up into half-away."""
-    return tirx.Select(x < _i64(0), tirx.min(half, _i64(1)), _i64(0))
+def _shift_range(shift, shift_bounds: tuple[int, int] | None) -> tuple[int, int]:
+    if not isinstance(shift, PrimExpr):
+        return int(shift), int(shift)
+    return shift_bounds if shift_bounds is not None else (-31, 30)
+
+
+def high_mul(x: PrimExpr, multiplier) -> PrimExpr:
+    """SaturatingRoundingDoublingHighMul(x, m) for int32 ``x`` and ``m >= 0``, as int32.
+
+    With ``m >= 0`` the saturating case (both INT32_MIN) cannot occur and gemmlowp's
+    sign-dependent nudge followed by truncation equals ``(x*m + 2^30) >> 31`` (floor).
+    """
+    prod = _i64(x) * _i64(multiplier)
+    return ((prod + tirx.const(1 << 30, I64)) >> tirx.const(31, I64)).astype(I32)
+
+
+def rounding_shift_right(x: PrimExpr, exponent, ties_up=None) -> PrimExpr:
+    """TFLite's RoundingDivideByPOT on int32 (ties away from zero), never overflowing.
+
+    ``ties_up`` (a bool PrimExpr or ``True``) switches to ties toward +inf where true, as
+    LiteRT's NEON-style rounding shift does.  Written with sign shifts instead of comparisons:
+    Relax's int64 index normalization widens every comparison to int64, which would halve the
+    SIMD lanes.
+    """
+    e = _i32(exponent)
+    sign = tirx.const(31, I32)
+    mask = tirx.bitwise_not(tirx.const(-1, I32) << e)
+    threshold = mask >> tirx.const(1, I32)
+    if ties_up is not True:
+        minus_negative = x >> sign  # -1 where x < 0, else 0
+        if ties_up is not None:
+            minus_negative = tirx.Select(ties_up, tirx.const(0, I32), minus_negative)
+        threshold = threshold - minus_negative
+    # remainder > threshold, as -1/0: both lie in [0, 2^31), so the difference cannot overflow
+    minus_bump = (threshold - tirx.bitwise_and(x, mask)) >> sign
+    return (x >> e) - minus_bump
+
+
+def multiply_by_quantized_multiplier_i32(
+    x,
+    multiplier,
+    shift,
+    rounding: str,
+    ties_up: PrimExpr | None = None,
+    shift_bounds: tuple[int, int] | None = None,
+) -> PrimExpr:
+    """The TFLite double-rounding modes on int32 lanes; returns an int32 value.
+
+    ``x`` is taken modulo 2^32 as TFLite takes it (an int32).  ``shift_bounds`` are the least
+    and greatest shift when ``shift`` is a per-channel PrimExpr: they let the left shift or the
+    rounding shift drop out when no channel needs it.
+    """
+    if rounding not in ("tflite", "tflite_neon"):
+        raise ValueError(f"no int32 fixed-point lowering for rounding mode {rounding!r}")
+    lo, hi = _shift_range(shift, shift_bounds)
+    v = _i32(x)
+    if hi > 0:
+        left = _i32(shift) if lo >= 0 else tirx.max(_i32(shift), tirx.const(0, I32))
+        v = v << left  # TFLite shifts in int32: it wraps like C on two's complement
+    high = high_mul(v, multiplier)
+    if lo >= 0:
+        return high
+    right = tirx.max(-_i32(shift), tirx.const(0, I32)) if hi > 0 else -_i32(shift)
+    return rounding_shift_right(high, right, True if rounding == "tflite_neon" else ties_up)
 
 
 def multiply_by_quantized_multiplier(
-    x, multiplier, shift, rounding: str, ties_up: PrimExpr | None = None
+    x,
+    multiplier,
+    shift,
+    rounding: str,
+    ties_up: PrimExpr | None = None,
+    shift_bounds: tuple[int, int] | None = None,
 ) -> PrimExpr:
     """``x * multiplier * 2**(shift - 31)`` rounded per ``rounding``; returns an int64 value
     that lies in the int32 range.  ``multiplier``/``shift`` are ints or PrimExprs.
 
-    The multiplier must be non-negative (scales are positive).  That lets each rounding step be
-    written with its operand used at most twice, which keeps fused TIR small: for
-    ``b >= 0``, SaturatingRoundingDoublingHighMul(a, b) == (a*b + 2^30) >> 31 exactly, and
-    RoundingDivideByPOT(x, e) == (x + 2^(e-1) - [x < 0 and e > 0]) >> e.
-    With ``rounding="tflite"``, a boolean ``ties_up`` switches to ``tflite_neon`` where true.
+    The multiplier must be non-negative (scales are positive).  With ``rounding="tflite"``, a
+    boolean ``ties_up`` switches to ``tflite_neon`` where true.
     """
-    x = _i64(x)
-    m = _i64(multiplier)
     if rounding in ("tflite", "tflite_neon"):
-        left = _i64(_max0(shift))
-        right = _i64(_max0(-shift if not isinstance(shift, PrimExpr) else -_i64(shift)))
-        # TFLite shifts in int32, so the left shift wraps like C on two's complement.
-        xl = (x.astype("int32") << left.astype("int32")).astype(I64)
-        high = (xl * m + _i64(1 << 30)) >> _i64(31)
-        half = (_i64(1) << right) >> _i64(1)
-        if rounding == "tflite_neon":
-            return (high + half) >> right
-        fix = _sign_fix(high, half)
-        if ties_up is not None:
-            fix = tirx.Select(ties_up, _i64(0), fix)
-        return (high + half - fix) >> right
+        return multiply_by_quantized_multiplier_i32(
+            x, multiplier, shift, rounding, ties_up, shift_bounds
+        ).astype(I64)
     if rounding not in ("tflite_single", "upward", "tonearest"):
         raise ValueError(f"no fixed-point lowering for rounding mode {rounding!r}")
+    x = _i64(x)
     total = _i64(31) - _i64(shift)
     half = _i64(1) << (total - _i64(1))
-    prod = x * m
-    rnd = half - _sign_fix(prod, half) if rounding == "tonearest" else half
+    prod = x * _i64(multiplier)
+    if rounding == "tonearest":
+        rnd = half - tirx.Select(prod < _i64(0), _i64(1), _i64(0))
+    else:
+        rnd = half
     out = (prod + rnd) >> total
     return tirx.max(tirx.min(out, _i64(2**31 - 1)), _i64(-(2**31)))
+
+
+def add_zero_point_clamp_cast(v: PrimExpr, zero_point, lo: int, hi: int, dtype: str) -> PrimExpr:
+    """``clamp(v + zero_point, lo, hi)`` cast to ``dtype``, for an int32 ``v``.
+
+    Clamping to ``[lo - zp, hi - zp]`` before adding keeps every step in int32 (the sum itself
+    could overflow) and gives the same result.
+    """
+    if str(v.ty) != I32 or str(dtype) in (I32, "uint32"):
+        return clamp_cast(_i64(v) + _i64(zero_point), lo, hi, dtype)
+    zp = _i32(zero_point)
+    low, high = tirx.const(lo, I32) - zp, tirx.const(hi, I32) - zp
+    return (tirx.max(tirx.min(v, high), low) + zp).astype(dtype)
 
 
 def clamp_cast(v: PrimExpr, lo: int, hi: int, dtype: str) -> PrimExpr:

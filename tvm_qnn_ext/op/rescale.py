@@ -138,6 +138,15 @@ def _ints(v) -> list[int]:
     return [int(z) for z in np.atleast_1d(np.asarray(v, dtype=np.int64))]
 
 
+def _centered(x, zero_point):
+    """``x - zero_point`` in int32 where it cannot overflow, else in int64."""
+    if str(x.ty) != "int32":
+        return x.astype("int32") - fp._i32(zero_point)
+    if isinstance(zero_point, int) and zero_point == 0:
+        return x
+    return x.astype("int64") - fp._i64(zero_point)
+
+
 @register_op("qnn.requantize", 1, "Rescale integers between two (scale, zero point) pairs")
 class Requantize:
     @staticmethod
@@ -166,6 +175,7 @@ class Requantize:
         lo, hi = _bounds(call, out_dtype)
         if rounding in INTEGER_MODES:
             m, s = quantize_multiplier(real, rounding)
+            shift_bounds = (int(s.min()), int(s.max()))
             params = [
                 per_axis(m, "int32"),
                 per_axis(s, "int32"),
@@ -181,7 +191,11 @@ class Requantize:
                 if neon_flat:
                     flat = _flat_index(idx, ty.shape.values) if idx else tirx.const(0, "int64")
                     ties_up = flat < tirx.const(neon_flat, "int64")
-                return fp.multiply_by_quantized_multiplier(v, at(m, c), at(s, c), rounding, ties_up)
+                if rounding in ("tflite", "tflite_neon"):
+                    return fp.multiply_by_quantized_multiplier_i32(
+                        v, at(m, c), at(s, c), rounding, ties_up, shift_bounds
+                    )
+                return fp.multiply_by_quantized_multiplier(v, at(m, c), at(s, c), rounding)
         else:
             params = [
                 per_axis(real.astype(np.float32), "float32"),
@@ -197,9 +211,9 @@ class Requantize:
         def compute(x, m, s, izp, ozp):
             def elem(*idx):
                 c = _channel_index(idx, axis)
-                v = x(*idx).astype("int64") - fp._i64(at(izp, c))
-                y = rescale(c, v, m, s, idx) + fp._i64(at(ozp, c))
-                return fp.clamp_cast(y, lo, hi, out_dtype)
+                v = _centered(x(*idx), at(izp, c))
+                y = rescale(c, v, m, s, idx)
+                return fp.add_zero_point_clamp_cast(y, at(ozp, c), lo, hi, out_dtype)
 
             return te.compute(x.shape, elem, name="requantize")
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
-from ..target import schedules  # noqa: F401  (registers the rules)
+from ..target import (
+    schedules,  # noqa: F401  (registers the rules)
+    stack_buffers,
+)
 from ..target.schedule import RuleContext, anchor_blocks, rules
 from .pipeline import pipeline_stage
 from .report import report
@@ -32,7 +35,8 @@ def schedule_kernels(mod: tvm.IRModule, ctx: RuleContext) -> tvm.IRModule:
             continue
         summary = rule(sch, block, ctx)
         report(STAGE, f"{gv.name_hint}: {name}: {summary}")
-        scheduled[gv] = sch.mod["main"]
+        # small scratch tiles (accumulators) stay on the stack: target/stack_buffers.py
+        scheduled[gv] = sch.mod["main"].with_attr(stack_buffers.ATTR, True)
     if not scheduled:
         return mod
     # A new module: the input stays as it was (explain shows before and after).
