@@ -331,9 +331,13 @@ class Conv2D:
 
     @staticmethod
     def legalize(bb, call):
-        from . import packed_dot  # imports this module
+        from . import packed_depthwise, packed_dot  # import this module
 
         g = geometry(call)
+        if g.depthwise:
+            packed = packed_depthwise.try_legalize(bb, call, g)
+            if packed is not None:
+                return packed
         ins = packed_dot.instruction_for(call, g.groups == 1 and g.data_layout == "NHWC")
         if ins is not None:
             return packed_dot.legalize_conv2d(bb, call, g, ins)

@@ -13,12 +13,15 @@ from __future__ import annotations
 from tvm import s_tir, tirx
 from tvm.s_tir.schedule import SBlockRV, ScheduleError
 
+from ...op.packed_dot import DOT_ANNOTATION
+from .. import depthwise_intrin
 from ..schedule import RuleContext, schedule_rule
 
 # int32 lanes per channel block: one 512-bit register (LLVM splits it on narrower targets).
 CHANNEL_BLOCK = 16
 # output columns computed together (measured on MobileNetV2's layers: 4 beats 1, 2 and 8)
 COLUMN_BLOCK = 4
+PACKED_COLUMN_BLOCK = 4
 
 
 class Unschedulable(Exception):
@@ -37,6 +40,8 @@ def depthwise_conv2d(sch: s_tir.Schedule, block: SBlockRV, ctx: RuleContext) -> 
 
 
 def _schedule(sch: s_tir.Schedule, dot: SBlockRV) -> str:
+    if DOT_ANNOTATION in sch.get(dot).annotations:
+        return _packed(sch, dot)
     spatial, reduce = _iter_kinds(sch, dot)
     loops = sch.get_loops(dot)
     if len(spatial) != 4 or len(reduce) != 2 or len(loops) != 6:
@@ -94,6 +99,44 @@ def _nhwc(
     return (
         f"NHWC, {channels} channels in blocks of {lanes} x {cols} columns, padded rows "
         "per output row, rows in parallel"
+    )
+
+
+def _packed(sch: s_tir.Schedule, dot: SBlockRV) -> str:
+    """The ``vpdpbusd`` form of op/packed_depthwise.py: taps packed per output row, then one
+    instruction per (kernel column, group of four kernel rows) and block of channels."""
+    loops = sch.get_loops(dot)
+    if len(loops) != 7:
+        raise Unschedulable(f"expected 7 loops in the packed depthwise kernel, got {len(loops)}")
+    n, oh, ow, c, rg, rw, rk = loops
+    # "vpdpbusd_x<lanes>_r<output rows per packed row>"
+    _, lanes, per_pack = str(sch.get(dot).annotations[DOT_ANNOTATION]).split("_")
+    lanes, per_pack = int(lanes[1:]), int(per_pack[1:])
+    width = _extent(sch, ow)
+    cols = next(t for t in (PACKED_COLUMN_BLOCK, 4, 2, 1) if width % t == 0)
+    (pack,) = [p for p in sch.get_producers(dot) if sch.get(p).name_hint == "pack_taps"]
+    epilogue, _ = _inline_epilogue(sch, dot)
+    oho, ohi = sch.split(oh, [None, per_pack])
+    rows = sch.fuse(n, oho)
+    co, ci = sch.split(c, [None, lanes])
+    owo, owi = sch.split(ow, [None, cols])
+    sch.reorder(rows, ohi, co, owo, rg, rw, owi, ci, rk)
+    sch.parallel(rows)
+    sch.compute_at(pack, rows)
+    pack_c = sch.get_loops(pack)[-1]
+    sch.vectorize(sch.split(pack_c, [None, lanes])[1])
+    if epilogue is not None:
+        sch.reverse_compute_at(epilogue, owo)
+        sch.vectorize(sch.get_loops(epilogue)[-1])
+    init = sch.decompose_reduction(dot, rg)
+    sch.vectorize(sch.get_loops(init)[-1])
+    index_dtype = str(sch.get(ci).loop_var.ty)
+    sch.tensorize(ci, depthwise_intrin.register(lanes, index_dtype))
+    sch.unroll(rw)
+    sch.unroll(owi)
+    return (
+        f"NHWC packed taps, vpdpbusd x{lanes} lanes x {cols} columns, taps packed per "
+        f"{per_pack} output row(s), rows in parallel"
     )
 
 

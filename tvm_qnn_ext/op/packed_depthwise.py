@@ -1,0 +1,203 @@
+"""Depthwise qnn.conv2d legalized for ``vpdpbusd`` (AVX512-VNNI / AVX-VNNI), NHWC.
+
+A depthwise output is ``sum over taps of x[tap][c] * w[tap][c]`` with no reduction over
+channels, so a dot-product instruction has nothing to reduce across lanes.  Instead each int32
+lane packs **four kernel rows of one channel**: per output row the input is repacked once into
+``taps[g, wp, c]``, a uint32 whose byte ``k`` is the (shifted, zero-point padded) input at kernel
+row ``4 g + k``, column ``wp``, channel ``c``.  One ``vpdpbusd`` of ``taps`` against the weight
+packed the same way (``[g, kw, c, 4]``, zeros beyond the kernel height) then adds four taps of 16
+channels, and a 3x3 kernel costs 3 instructions per 16 outputs instead of 9 widening multiplies.
+
+* int8 activations move to uint8 by +128, their zero point with them;
+* the weight zero point is folded into the constant weight (``w - zw`` must fit int8), so no
+  window sums are needed; ``bias - zx * sum(w)`` is one folded constant;
+* padding is applied while packing (the shifted zero point), so the multiply-add loop has no
+  bounds checks.
+
+Used only when the target has the instruction, the weight is a constant, the channel multiplier
+is 1 and the channels fill whole registers; otherwise :mod:`.conv` keeps its portable form.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, te, tirx
+
+from ..target import dot_product
+from ..target.schedule import ANNOTATION
+from .conv import Geometry, OffsetParts, _compact, _wrap_int32, constant_value, kernel_zero_point
+from .packed_dot import DOT_ANNOTATION
+
+TAPS_PER_LANE = 4
+# the instruction and its lanes, best first; each needs all of its LLVM features
+_VNNI = (
+    (16, ("avx512vnni",), "llvm.x86.avx512.vpdpbusd.512"),
+    (8, ("avx512vnni", "avx512vl"), "llvm.x86.avx512.vpdpbusd.256"),
+    (8, ("avxvnni",), "llvm.x86.avx512.vpdpbusd.256"),
+)
+
+
+def vnni_lanes(channels: int) -> int | None:
+    """int32 lanes of the widest ``vpdpbusd`` the current target has that divide ``channels``."""
+    target = tvm.target.Target.current(allow_none=True)
+    if target is None or str(target.kind.name) != "llvm":
+        return None
+    if dot_product.target_arch(target) != "x86_64":
+        return None
+    feats = {f for _, fs, _ in _VNNI for f in fs}
+    have = {f for f in feats if tvm.target.codegen.target_has_features(f, target)}
+    for lanes, needs, _ in _VNNI:
+        if all(f in have for f in needs) and channels % lanes == 0:
+            return lanes
+    return None
+
+
+def llvm_intrinsic(lanes: int) -> str:
+    return next(name for n, _, name in _VNNI if n == lanes)
+
+
+def _folded_weight(call: relax.Call, g: Geometry) -> np.ndarray | None:
+    """``w - zw`` as int8 [kh, kw, C], or None when it does not fit int8."""
+    w = constant_value(call.args[1])
+    if w is None:
+        return None
+    w = w.transpose([g.kernel_layout.index(a) for a in "OIHW"])[:, 0]  # [C, kh, kw]
+    zw = kernel_zero_point(call, str(call.args[1].ty.dtype), g.o)
+    folded = w.astype(np.int64) - zw[:, None, None]
+    if folded.min() < -128 or folded.max() > 127:
+        return None
+    return folded.transpose(1, 2, 0).astype(np.int8)
+
+
+def rows_per_pack(g: Geometry) -> int:
+    """2 when one packed word can serve two output rows: stride 1 and a kernel whose rows for
+    output rows ``oh`` and ``oh + 1`` span at most four input rows (a 3x3 kernel: rows
+    ``oh .. oh + 3``); then the packing is shared and no byte is wasted."""
+    span = (g.kh - 1) * g.dilation[0] + 2
+    return 2 if g.strides[0] == 1 and span <= TAPS_PER_LANE and g.oh % 2 == 0 else 1
+
+
+def pack_weight(w: np.ndarray, g: Geometry, rows: int) -> np.ndarray:
+    """[rows, groups, kw, C, 4] int8: the weight byte matching each packed input byte.
+
+    One row per pack: byte ``k`` of group ``grp`` is kernel row ``4 grp + k``.  Two rows per
+    pack: byte ``k`` is input row ``2 pr + k`` and output row ``2 pr + p`` reads it through
+    kernel row ``r`` where ``k = p + r * dilation``.
+    """
+    kh, kw, c = w.shape
+    if rows == 1:
+        groups = -(-kh // TAPS_PER_LANE)
+        out = np.zeros((groups * TAPS_PER_LANE, kw, c), np.int8)
+        out[:kh] = w
+        out = out.reshape(1, groups, TAPS_PER_LANE, kw, c)
+    else:
+        out = np.zeros((rows, 1, TAPS_PER_LANE, kw, c), np.int8)
+        for p in range(rows):
+            for r in range(kh):
+                out[p, 0, p + r * g.dilation[0]] = w[r]
+    return np.ascontiguousarray(out.transpose(0, 1, 3, 4, 2))
+
+
+def try_legalize(bb: relax.BlockBuilder, call: relax.Call, g: Geometry) -> relax.Expr | None:
+    """The packed legalization, or None when it does not apply."""
+    if not (g.depthwise and g.data_layout == "NHWC" and g.o == g.c):
+        return None
+    lanes = vnni_lanes(g.c)
+    if lanes is None:
+        return None
+    w = _folded_weight(call, g)
+    if w is None:
+        return None
+    rows = rows_per_pack(g)
+    signed = str(call.args[0].ty.dtype) == "int8"
+    zx = int(call.attrs["input_zero_point"]) + (128 if signed else 0)
+    bias = call.args[2] if len(call.args) > 2 else None
+    bias_np = None if bias is None else constant_value(bias)
+    offset = -zx * w.astype(np.int64).sum(axis=(0, 1))
+    if bias_np is not None:
+        offset = offset + bias_np.astype(np.int64)
+    parts = OffsetParts(
+        zx=zx,
+        zw=np.zeros(1, np.int32),
+        offset=_compact(_wrap_int32(offset)),
+        runtime_bias=bias is not None and bias_np is None,
+        needs_kernel_sum=False,
+        needs_window_sum=False,
+    )
+    return bb.call_te(
+        lambda x, wq, **kw: _packed_te(x, wq, g=g, parts=parts, lanes=lanes, signed=signed, **kw),
+        call.args[0],
+        relax.const(pack_weight(w, g, rows)),
+        **parts.te_args(call),
+        primfunc_name_hint="qnn_depthwise_conv2d",
+    )
+
+
+def _pack_taps(x: te.Tensor, g: Geometry, zx: int, signed: bool, rows: int, groups: int):
+    """taps[n, pr, grp, wp, c]: four input rows of column ``wp`` in one uint32, as uint8.
+
+    The bytes are packed as stored (int8 bits) and int8 is moved to uint8 with one XOR of the
+    word (``x + 128`` is ``x ^ 0x80`` on a byte); padding is the zero point's stored bits.
+    """
+    (sh, _), (dh, _) = g.strides, g.dilation
+    pt, pl, _, _ = g.padding
+    width = (g.ow - 1) * g.strides[1] + (g.kw - 1) * g.dilation[1] + 1
+    pad = tirx.const((zx - 128 if signed else zx) & 255, "uint32")
+    span = (g.kh - 1) * dh + rows
+
+    def quad(n, pr, grp, wp, c):
+        iw = wp - pl
+        col_inside = tirx.all(iw >= 0, iw < g.w)
+        word = tirx.const(0, "uint32")
+        for k in range(TAPS_PER_LANE):
+            if rows == 1:
+                used = grp * TAPS_PER_LANE + k < g.kh
+                ih = pr * sh + (grp * TAPS_PER_LANE + k) * dh - pt
+            elif k < span:
+                used, ih = True, pr * rows + k - pt
+            else:
+                continue
+            inside = tirx.all(col_inside, ih >= 0, ih < g.h)
+            v = x(n, ih, iw, c).astype("uint8").astype("uint32")
+            byte = tirx.if_then_else(inside, v, pad)
+            if used is not True:
+                byte = tirx.if_then_else(used, byte, tirx.const(0, "uint32"))
+            word = word | (byte << tirx.const(8 * k, "uint32"))
+        if signed:
+            word = word ^ tirx.const(0x80808080, "uint32")
+        return word
+
+    shape = (g.n, g.oh // rows, groups, width, g.c)
+    return te.compute(shape, quad, name="pack_taps")
+
+
+def _packed_te(x, wq, offset, zw, bias, g: Geometry, parts: OffsetParts, lanes: int, signed: bool):
+    rows, groups = (int(v) for v in wq.shape[:2])
+    taps = _pack_taps(x, g, parts.zx, signed, rows, groups)
+    sw, dw = g.strides[1], g.dilation[1]
+    rg = te.reduce_axis((0, groups), name="rg")
+    rw = te.reduce_axis((0, g.kw), name="rw")
+    rk = te.reduce_axis((0, TAPS_PER_LANE), name="rk")
+
+    def dot(n, oh, ow, c):
+        pr, p = (oh, 0) if rows == 1 else (oh // rows, oh % rows)
+        word = taps(n, pr, rg, ow * sw + rw * dw, c)
+        weight = wq(p, rg, rw, c, rk).astype("int32")
+        return te.sum(tap_byte(word, rk) * weight, axis=[rg, rw, rk])
+
+    attrs = {ANNOTATION: "depthwise_conv2d", DOT_ANNOTATION: f"vpdpbusd_x{lanes}_r{rows}"}
+    acc = te.compute((g.n, g.oh, g.ow, g.c), dot, name="dot", attrs=attrs)
+    if not parts.any_terms:
+        return acc
+
+    def accumulate(n, oh, ow, c):
+        return parts.apply(acc(n, oh, ow, c), c, offset, zw, bias, None, None)
+
+    return te.compute(acc.shape, accumulate, name="accumulate")
+
+
+def tap_byte(word: tirx.PrimExpr, k: tirx.PrimExpr) -> tirx.PrimExpr:
+    """Byte ``k`` of a packed uint32 as int32 (the schedule's tensor intrinsic matches this)."""
+    shift = (k * 8).astype("uint32")
+    return ((word >> shift) & tirx.const(255, "uint32")).astype("int32")
