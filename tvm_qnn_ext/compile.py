@@ -56,6 +56,7 @@ class CompiledModel:
         self._args: list[tvm.runtime.Tensor] = []
         self._run = self._main
         self._run_args: list = []
+        self._outputs: list[np.ndarray] | None = None
         on_cpu = self.device.dlpack_device_type() == tvm.cpu().dlpack_device_type()
         if on_cpu and all(s.shape for s in inputs):
             self._staging = [_aligned_empty(s.shape, s.dtype) for s in inputs]
@@ -84,9 +85,13 @@ class CompiledModel:
                 a = self._check(self.inputs[i], a)
             np.copyto(self._staging[i], a)
         out = self._run(*self._run_args)
-        if type(out) is tvm.runtime.Tensor:
-            return [np.from_dlpack(out).copy()]
-        return [np.from_dlpack(o).copy() for o in _flatten(out)]
+        if self._outputs is not None:
+            return [view.copy() for view in self._outputs]
+        views = [np.from_dlpack(o) for o in _flatten(out)]
+        if self._run is not self._main:
+            # main_preallocated returns the same workspace tensors on every call
+            self._outputs = views
+        return [view.copy() for view in views]
 
     def _call_unstaged(self, arrays) -> list[np.ndarray]:
         if len(arrays) != len(self.inputs):
@@ -199,7 +204,7 @@ def _is_torch_model(source) -> bool:
     )
 
 
-_EXEC_MODE = "bytecode"
+_EXEC_MODE = "compiled"
 
 
 def compile_model(

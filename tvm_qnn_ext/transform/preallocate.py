@@ -122,6 +122,12 @@ def add_preallocated_main(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) ->
         report("preallocate", f"main left as is: {undefined} would be undefined")
         return mod
     workspace = [v for v in used if v in defined_by_hoisting]
+    stable = defined_by_hoisting | set(main.params)
+    per_call = [v.name for v in relax.analysis.free_vars(result) if v not in stable]
+    if per_call:
+        # callers rely on main_preallocated returning the same tensors on every call
+        report("preallocate", f"main left as is: its result {per_call} is made per call")
+        return mod
     ws_body = relax.SeqExpr([relax.BindingBlock(hoisted)], relax.Tuple(workspace))
     ws_func = relax.Function(
         [],
