@@ -11,6 +11,7 @@ split across TVM's thread pool.
 from __future__ import annotations
 
 from tvm import s_tir, tirx
+from tvm.error import InternalError
 from tvm.s_tir.schedule import SBlockRV, ScheduleError
 
 from ...op.packed_dot import DOT_ANNOTATION
@@ -33,7 +34,7 @@ def depthwise_conv2d(sch: s_tir.Schedule, block: SBlockRV, ctx: RuleContext) -> 
     # Try on a copy first: a failed primitive must not leave the kernel half-scheduled.
     try:
         _schedule(sch.copy(), block)
-    except (Unschedulable, ScheduleError) as e:
+    except (Unschedulable, ScheduleError, InternalError) as e:  # tensorize raises InternalError
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         return f"left unscheduled: {reason[:160]}"
     return _schedule(sch, block)
@@ -113,7 +114,7 @@ def _packed(sch: s_tir.Schedule, dot: SBlockRV) -> str:
     _, lanes, per_pack = str(sch.get(dot).annotations[DOT_ANNOTATION]).split("_")
     lanes, per_pack = int(lanes[1:]), int(per_pack[1:])
     width = _extent(sch, ow)
-    cols = next(t for t in (PACKED_COLUMN_BLOCK, 4, 2, 1) if width % t == 0)
+    cols = _packed_columns(width)
     (pack,) = [p for p in sch.get_producers(dot) if sch.get(p).name_hint == "pack_taps"]
     epilogue, _ = _inline_epilogue(sch, dot)
     oho, ohi = sch.split(oh, [None, per_pack])
@@ -138,6 +139,14 @@ def _packed(sch: s_tir.Schedule, dot: SBlockRV) -> str:
         f"NHWC packed taps, vpdpbusd x{lanes} lanes x {cols} columns, taps packed per "
         f"{per_pack} output row(s), rows in parallel"
     )
+
+
+def _packed_columns(width: int) -> int:
+    """Output columns per register block: 4, else the largest divisor up to 8 (14 -> 7, 7 -> 7:
+    measured on MobileNetV2's 14x14 and 7x7 layers, 7 columns beat 2 and 1 by 5-12%)."""
+    if width % PACKED_COLUMN_BLOCK == 0:
+        return PACKED_COLUMN_BLOCK
+    return next(t for t in range(8, 0, -1) if width % t == 0)
 
 
 def _nchw(
