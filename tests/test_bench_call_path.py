@@ -137,3 +137,24 @@ def test_exported_model_keeps_both_entry_points(magic_wand, tmp_path):
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(tmp_path / "wand.so")), tvm.cpu())
     plain = vm["main"](*[tvm.runtime.tensor(a) for a in x])
     np.testing.assert_array_equal(plain.numpy(), expected[0])
+
+
+def test_bytecode_mode_is_seen_by_the_vm_instrument():
+    model = compile_model(_two_input_module(), exec_mode="bytecode")
+    seen: list[str] = []
+
+    def instrument(func, symbol, before, ret, *args):
+        seen.append(str(symbol))
+        return 0
+
+    model._vm.set_instrument(instrument)
+    a = np.arange(70, dtype=np.int8).reshape(SHAPE)
+    r, s = model(a, -a)
+    np.testing.assert_array_equal(r, requantize(a, 0.05, 3, 0.11, -7, "int8"))
+    np.testing.assert_array_equal(s, -a)
+    assert any("requantize" in name for name in seen)
+
+
+def test_an_unknown_exec_mode_is_named():
+    with pytest.raises(ValueError, match="exec_mode must be one of"):
+        compile_model(_two_input_module(), exec_mode="jit")
