@@ -51,17 +51,22 @@ class CompiledModel:
         self.device = device or tvm.cpu()
         self._vm = relax.VirtualMachine(executable, self.device)
         self._main = self._vm["main"]
-        self._expected = [(np.dtype(s.dtype), s.shape) for s in inputs]
         self._staging: list[np.ndarray] | None = None
         self._args: list[tvm.runtime.Tensor] = []
         self._run = self._main
         self._run_args: list = []
         self._outputs: list[np.ndarray] | None = None
+        # (staging buffer, dtype, shape, spec) per input; empty: inputs go through tvm tensors
+        self._slots: list[tuple] = []
         on_cpu = self.device.dlpack_device_type() == tvm.cpu().dlpack_device_type()
         if on_cpu and all(s.shape for s in inputs):
             self._staging = [_aligned_empty(s.shape, s.dtype) for s in inputs]
             self._args = [tvm.runtime.from_dlpack(a) for a in self._staging]
             self._run_args = list(self._args)
+            self._slots = [
+                (buf, buf.dtype, buf.shape, spec)
+                for buf, spec in zip(self._staging, inputs, strict=True)
+            ]
             if self._vm.module.implements_function(PREALLOCATED):
                 self._run = self._vm[PREALLOCATED]
                 self._run_args += list(self._vm[WORKSPACE]())
@@ -75,22 +80,24 @@ class CompiledModel:
         return a
 
     def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
-        if self._staging is None:
+        slots = self._slots
+        if not slots:
             return self._call_unstaged(arrays)
-        if len(arrays) != len(self._staging):
+        if len(arrays) != len(slots):
             raise ValueError(f"model takes {len(self.inputs)} inputs, got {len(arrays)}")
-        for i, a in enumerate(arrays):
-            dtype, shape = self._expected[i]
+        for (buf, dtype, shape, spec), a in zip(slots, arrays, strict=True):
             if type(a) is not np.ndarray or a.dtype != dtype or a.shape != shape:
-                a = self._check(self.inputs[i], a)
-            np.copyto(self._staging[i], a)
+                a = self._check(spec, a)
+            buf[...] = a
         out = self._run(*self._run_args)
-        if self._outputs is not None:
-            return [view.copy() for view in self._outputs]
-        views = [np.from_dlpack(o) for o in _flatten(out)]
-        if self._run is not self._main:
-            # main_preallocated returns the same workspace tensors on every call
-            self._outputs = views
+        views = self._outputs
+        if views is None:
+            views = [np.from_dlpack(o) for o in _flatten(out)]
+            if self._run is not self._main:
+                # main_preallocated returns the same workspace tensors on every call
+                self._outputs = views
+        if len(views) == 1:
+            return [views[0].copy()]
         return [view.copy() for view in views]
 
     def _call_unstaged(self, arrays) -> list[np.ndarray]:
