@@ -76,9 +76,13 @@ def legalize_conv2d(bb, call: relax.Call, g: Geometry, ins: dot_product.DotInstr
     x_shift, w_shift = _shifts(call, ins)
     w = _shifted_weight(w, w_shift, ins.b_dtype)
     parts = offset_parts(call, g.o, w.reshape(g.o, -1), g.c * g.kh * g.kw, x_shift, w_shift)
-    packed = relax.const(pack_weights(w, ins.lanes, ins.reduction))
+    flat_rows = use_flat_rows(g, ins.reduction)
+    packed = relax.const(
+        pack_weights(w.reshape(g.o, g.kh, -1) if flat_rows else w, ins.lanes, ins.reduction)
+    )
+    make = _conv2d_flat_rows_te if flat_rows else _conv2d_te
     return bb.call_te(
-        lambda x, wp, **kw: _conv2d_te(x, wp, g=g, parts=parts, ins=ins, x_shift=x_shift, **kw),
+        lambda x, wp, **kw: make(x, wp, g=g, parts=parts, ins=ins, x_shift=x_shift, **kw),
         call.args[0],
         packed,
         **parts.te_args(call),
@@ -99,6 +103,65 @@ def _pad_input(x, g: Geometry, zx: int, x_shift: int, dtype: str, channels: int)
 
     shape = (g.n, g.h + pt + pb, g.w + pl + pr, channels)
     return te.compute(shape, elem, name="pad")
+
+
+def use_flat_rows(g: Geometry, reduction: int) -> bool:
+    """Whether to reduce over each kernel row's ``kw * c`` values as one flat axis.
+
+    Per tap, the input channels are padded to the instruction's reduction width: on one
+    input channel a 3x3 conv does 9 dot instructions per accumulator where the flattened rows
+    (3 values each, padded to 4) need 3, and a 10x8 kernel 80 where they need 20.  In NHWC a
+    kernel row's window is contiguous in memory, so the padded input is only viewed as
+    ``[n, h, w * c]``; with dilation along the width it is not, hence the ``dw == 1`` rule.
+    """
+    flat, per_tap = round_up(g.kw * g.c, reduction), g.kw * round_up(g.c, reduction)
+    return g.dilation[1] == 1 and g.kw > 1 and flat < per_tap
+
+
+def _pad_rows(x, g: Geometry, zx: int, x_shift: int, dtype: str, tail: int) -> te.Tensor:
+    """The zero-point padded input as ``[n, h, w * c + tail]`` (the tail, read only against
+    zero weights, keeps the last window's padded reads in bounds)."""
+    pt, pl, pb, pr = g.padding
+    width = (g.w + pl + pr) * g.c
+
+    def elem(n, h, f):
+        w, c = f // g.c, f % g.c
+        wi = tirx.min(w - pl, g.w - 1)
+        v = _to_operand(x(n, h - pt, wi, c), x_shift, dtype)
+        inside = tirx.all(h >= pt, h < pt + g.h, w >= pl, w < pl + g.w)
+        return tirx.if_then_else(inside, v, tirx.const(zx, dtype))
+
+    return te.compute((g.n, g.h + pt + pb, width + tail), elem, name="pad")
+
+
+def _conv2d_flat_rows_te(x, wp, offset, zw, bias, g, parts, ins, x_shift):
+    lanes, red = ins.lanes, ins.reduction
+    row, op = g.kw * g.c, round_up(g.o, lanes)
+    rowp = round_up(row, red)
+    xp = _pad_rows(x, g, parts.zx, x_shift, ins.a_dtype, rowp - row)
+    (sh, sw), (dh, _) = g.strides, g.dilation
+    rh = te.reduce_axis((0, g.kh), name="rh")
+    rj = te.reduce_axis((0, rowp), name="rj")
+
+    def dot(n, oh, ow, o):
+        a = xp(n, oh * sh + rh * dh, ow * sw * g.c + rj).astype("int32")
+        b = wp(o // lanes, rh, rj // red, o % lanes, rj % red).astype("int32")
+        return te.sum(a * b, axis=[rh, rj])
+
+    attrs = {ANNOTATION: "conv2d", DOT_ANNOTATION: ins.name}
+    acc = te.compute((g.n, g.oh, g.ow, op), dot, name="dot", attrs=attrs)
+    window_sum = None
+    if parts.needs_window_sum:
+        rh2 = te.reduce_axis((0, g.kh), name="rh")
+        rj2 = te.reduce_axis((0, row), name="rj")
+        window_sum = te.compute(
+            (g.n, g.oh, g.ow),
+            lambda n, oh, ow: te.sum(
+                xp(n, oh * sh + rh2 * dh, ow * sw * g.c + rj2).astype("int32"), axis=[rh2, rj2]
+            ),
+            name="window_sum",
+        )
+    return _accumulate(acc, (g.n, g.oh, g.ow, g.o), parts, offset, zw, bias, window_sum)
 
 
 def _conv2d_te(x, wp, offset, zw, bias, g, parts, ins, x_shift):
