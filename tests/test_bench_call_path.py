@@ -158,3 +158,20 @@ def test_bytecode_mode_is_seen_by_the_vm_instrument():
 def test_an_unknown_exec_mode_is_named():
     with pytest.raises(ValueError, match="exec_mode must be one of"):
         compile_model(_two_input_module(), exec_mode="jit")
+
+
+def test_a_result_made_per_call_keeps_the_allocating_main():
+    """A VM-level main returning a reshape view of its input: no workspace holds the result."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2, 8), "int8"))
+    with bb.function("main", [x], pure=False):
+        view = tvm.ir.Call(
+            relax.ExternFunc("vm.builtin.reshape"),
+            [x, relax.ShapeExpr([16])],
+            ty_args=[relax.TensorType((16,), "int8")],
+        )
+        bb.emit_func_output(bb.emit(view))
+    with collect_reports() as entries:
+        out = add_preallocated_main(bb.get())
+    assert PREALLOCATED not in [g.name_hint for g in out.get_global_vars()]
+    assert [e.message for e in entries] == ["main left as is: its result ['gv'] is made per call"]
