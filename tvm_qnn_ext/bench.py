@@ -295,7 +295,8 @@ def kernel_profile(path: str | os.PathLike, runs: int = 20, target: str = "nativ
     from .compile import compile_model
 
     path = Path(path)
-    model = compile_model(path, target=target)
+    # the instrument sees VM call instructions, which only the bytecode VM has
+    model = compile_model(path, target=target, exec_mode="bytecode")
     inputs = model_inputs(path)
     best: dict[int, tuple[str, float]] = {}
     state = {"site": 0, "t0": 0.0}
