@@ -191,6 +191,8 @@ def _packed_te(x, wq, offset, zw, bias, g: Geometry, parts: OffsetParts, lanes: 
     if not parts.any_terms:
         return acc
 
+    # The folded constant cannot start the accumulator instead: TVM 0.27's create_prim_func
+    # drops ``te.sum(..., init=...)`` (the block's init is 0), so it is added here.
     def accumulate(n, oh, ow, c):
         return parts.apply(acc(n, oh, ow, c), c, offset, zw, bias, None, None)
 

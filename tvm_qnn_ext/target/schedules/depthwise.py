@@ -1,11 +1,18 @@
 """Depthwise conv2d (``groups == channels``): SIMD across channels, rows across threads.
 
 Each output pixel is ``kh * kw`` multiply-adds per channel with no reduction over channels, so
-there is nothing for a dot-product instruction to do; instead the channel axis (innermost in
-NHWC) becomes SIMD lanes.  Per (output row, output column, channel block) the accumulator lives
-in registers, the zero-point padding is computed in place (``pad`` inlined), and the fused
-epilogue (offset, requantize, clip) runs on the block before it is stored.  Output rows are
-split across TVM's thread pool.
+the channel axis (innermost in NHWC) becomes SIMD lanes.  Two forms:
+
+* **packed taps** (op/packed_depthwise.py, targets with ``vpdpbusd``): per output row (or pair of
+  rows) the input is packed so that each int32 lane holds four kernel rows of its channel; one
+  ``vpdpbusd`` per kernel column then adds four taps of 16 channels (tensorized with
+  target/depthwise_intrin.py).  A block of output columns keeps its accumulators in registers
+  and the fused epilogue (requantize, clip) runs on it before it is stored.
+* **portable** (every other target, runtime weights, channel multipliers): per (output row,
+  output column block, channel block) the accumulator lives in registers, the zero-point padding
+  is computed per output row into a small buffer, widening multiplies per tap.
+
+Output rows are split across TVM's thread pool.
 """
 
 from __future__ import annotations
