@@ -10,6 +10,7 @@ from ..target import (
     stack_buffers,
 )
 from ..target.schedule import RuleContext, anchor_blocks, rules
+from ..target.schedules.elementwise import schedule_elementwise
 from .pipeline import pipeline_stage
 from .report import report
 
@@ -25,6 +26,10 @@ def schedule_kernels(mod: tvm.IRModule, ctx: RuleContext) -> tvm.IRModule:
         sch = s_tir.Schedule(tvm.IRModule({"main": func}))
         anchors = anchor_blocks(sch)
         if not anchors:
+            summary = schedule_elementwise(sch)
+            if summary:
+                report(STAGE, f"{gv.name_hint}: elementwise: {summary}")
+                scheduled[gv] = sch.mod["main"].with_attr(stack_buffers.ATTR, True)
             continue
         if len(anchors) > 1:
             report(STAGE, f"{gv.name_hint}: {len(anchors)} anchors, left unscheduled")

@@ -1,0 +1,64 @@
+"""Kernels without an annotated anchor and without reductions (quantize, requantize, add,
+lookup tables, concat...): each block runs as one flat loop, vectorized, in parallel when it
+is large.
+
+Unscheduled, such a block is a scalar loop nest whose innermost loop is often the channel
+axis of extent 1 to 8, which LLVM does not vectorize.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir
+from tvm.s_tir.schedule import SBlockRV, ScheduleError
+
+VECTOR_WIDTHS = (64, 32, 16, 8)
+# below this many elements a parallel launch costs more than it saves
+PARALLEL_MIN = 1 << 14
+
+
+def schedule_elementwise(sch: s_tir.Schedule) -> str | None:
+    """Schedule a kernel whose top-level blocks are all spatial; a summary, or None when
+    nothing applied.  Kernels with a reduction (pools, mean, softmax) are left alone: their
+    spatial blocks index by output position (e.g. an average pool's window count), which a
+    flattened vector loop would turn into per-lane divisions."""
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    if not all(_is_spatial(sch, b) for b in blocks):
+        return None
+    done = []
+    for block in blocks:
+        trial = sch.copy()
+        try:
+            summary = _flat_vector_loop(trial, _same_block(trial, sch, block))
+        except (ScheduleError, TypeError, ValueError):  # TypeError: a symbolic extent
+            continue
+        _flat_vector_loop(sch, block)
+        done.append(summary)
+    return ", ".join(done) if done else None
+
+
+def _same_block(trial: s_tir.Schedule, sch: s_tir.Schedule, block: SBlockRV) -> SBlockRV:
+    return trial.get_sblock(sch.get(block).name_hint)
+
+
+def _is_spatial(sch: s_tir.Schedule, block: SBlockRV) -> bool:
+    iters = sch.get(block).iter_vars
+    return bool(iters) and all(int(iv.iter_type) == 0 for iv in iters)
+
+
+def _flat_vector_loop(sch: s_tir.Schedule, block: SBlockRV) -> str:
+    loops = sch.get_loops(block)
+    if not loops:
+        return ""
+    extents = [int(sch.get(loop).extent) for loop in loops]
+    total = 1
+    for e in extents:
+        total *= e
+    flat = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    width = next((v for v in VECTOR_WIDTHS if total % v == 0 and total > v), None)
+    if width is None:
+        return f"{sch.get(block).name_hint}: {total} scalar"
+    outer, inner = sch.split(flat, [None, width])
+    sch.vectorize(inner)
+    if total >= PARALLEL_MIN:
+        sch.parallel(outer)
+    return f"{sch.get(block).name_hint}: {total // width}x{width} lanes"
