@@ -95,7 +95,7 @@ def _module(cases: list[Case]) -> tvm.IRModule:
     return bb.get()
 
 
-# the portable form on this CPU, and on an AVX2-only target (no vpdpbusd: never packed)
+# the portable form on this CPU, and on an AVX2-only target (which never packs taps)
 @pytest.mark.parametrize("target", ["native", {"kind": "llvm", "mcpu": "haswell"}], ids=str)
 def test_scheduled_depthwise_matches_reference(target):
     rng = np.random.default_rng(5)
@@ -116,10 +116,11 @@ def test_scheduled_depthwise_matches_reference(target):
 
 # ---- the vpdpbusd form (op/packed_depthwise.py) ------------------------------------------------
 
-# A target per vpdpbusd width; cases run only where this CPU has the target's features.
+# A target per packed variant; cases run only where this CPU has the target's features.
 PACKED_TARGETS = {
-    16: {"kind": "llvm", "mcpu": "znver4"},  # AVX512-VNNI zmm
-    8: {"kind": "llvm", "mcpu": "alderlake"},  # AVX-VNNI ymm (no AVX512)
+    "vpdpbusd_x16": {"kind": "llvm", "mcpu": "znver4"},  # AVX512-VNNI zmm
+    "vpdpbusd_x8": {"kind": "llvm", "mcpu": "alderlake"},  # AVX-VNNI ymm (no AVX512)
+    "pmaddwd_x16": {"kind": "llvm", "mcpu": "skylake-avx512"},  # AVX512BW, no VNNI
 }
 
 
@@ -190,21 +191,23 @@ def _unfoldable(rng, lanes: int) -> Case:
     return Case([data], conv, {"expected": expected})
 
 
-@pytest.mark.parametrize("lanes", sorted(PACKED_TARGETS))
-def test_packed_depthwise_matches_reference(lanes):
-    target = resolve_target(PACKED_TARGETS[lanes])
+@pytest.mark.parametrize("variant", sorted(PACKED_TARGETS))
+def test_packed_depthwise_matches_reference(variant):
+    target = resolve_target(PACKED_TARGETS[variant])
     missing = dot_product.target_features(target) - detect_cpu().features
     if missing:
-        pytest.skip(f"this CPU cannot run {PACKED_TARGETS[lanes]} (lacks {sorted(missing)})")
+        pytest.skip(f"this CPU cannot run {PACKED_TARGETS[variant]} (lacks {sorted(missing)})")
+    kind, lanes = variant.split("_x")
+    lanes = int(lanes)
     rng = np.random.default_rng(50 + lanes)
     cases = [_packed_case(rng, i, lanes) for i in range(24)]
     cases.append(_unfoldable(rng, lanes))
     mod, stages = run_stages(_module(cases), target, trace=True)
     messages = [str(e) for s in stages if s.stage.name == "schedule" for e in s.reports]
-    packed = [m for m in messages if "vpdpbusd x" in m]
+    packed = [m for m in messages if f"packed taps, {kind} x" in m]
     assert len(packed) == len(cases) - 1, messages
-    assert any(f"vpdpbusd x{lanes} lanes" in m for m in packed)
-    assert lanes == 8 or any("vpdpbusd x8 lanes" in m for m in packed)
+    assert any(f"{kind} x{lanes} lanes" in m for m in packed)
+    assert lanes == 8 or any(f"{kind} x8 lanes" in m for m in packed)
     assert any("per 2 output row(s)" in m for m in packed)
     assert any("per 1 output row(s)" in m for m in packed)
     vm = relax.VirtualMachine(tvm.compile(mod, target, relax_pipeline="default"), tvm.cpu())

@@ -117,9 +117,9 @@ def _packed(sch: s_tir.Schedule, dot: SBlockRV) -> str:
     if len(loops) != 7:
         raise Unschedulable(f"expected 7 loops in the packed depthwise kernel, got {len(loops)}")
     n, oh, ow, c, rg, rw, rk = loops
-    # "vpdpbusd_x<lanes>_r<output rows per packed row>"
-    _, lanes, per_pack = str(sch.get(dot).annotations[DOT_ANNOTATION]).split("_")
-    lanes, per_pack = int(lanes[1:]), int(per_pack[1:])
+    # "<variant>_x<lanes>_r<output rows per packed row>"
+    variant, per_pack = str(sch.get(dot).annotations[DOT_ANNOTATION]).rsplit("_", 1)
+    lanes, per_pack = int(variant.rsplit("x", 1)[1]), int(per_pack[1:])
     width = _extent(sch, ow)
     cols = _packed_columns(width)
     (pack,) = [p for p in sch.get_producers(dot) if sch.get(p).name_hint == "pack_taps"]
@@ -139,11 +139,11 @@ def _packed(sch: s_tir.Schedule, dot: SBlockRV) -> str:
     init = sch.decompose_reduction(dot, rg)
     sch.vectorize(sch.get_loops(init)[-1])
     index_dtype = str(sch.get(ci).loop_var.ty)
-    sch.tensorize(ci, depthwise_intrin.register(lanes, index_dtype))
+    sch.tensorize(ci, depthwise_intrin.register(variant, index_dtype))
     sch.unroll(rw)
     sch.unroll(owi)
     return (
-        f"NHWC packed taps, vpdpbusd x{lanes} lanes x {cols} columns, taps packed per "
+        f"NHWC packed taps, {variant.replace('_x', ' x')} lanes x {cols} columns, taps packed per "
         f"{per_pack} output row(s), rows in parallel"
     )
 
