@@ -17,6 +17,10 @@ from tvm.s_tir.schedule import LoopRV, SBlockRV
 from ..dot_product import DotInstruction, register
 
 MAX_ROWS = 16
+# Below these sizes a kernel runs on the calling thread: waking TVM's pool costs more than
+# the work (tiny models ran slower on 2 threads than on 1).
+PARALLEL_MIN_MACS = 1 << 17
+PARALLEL_MIN_ELEMENTS = 1 << 14
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ def tile_dot(
     parallel tile loop, so no full int32 intermediate is kept.
     """
     loops = sch.get_loops(block)
+    work = _volume(sch, loops)
     spatial, channel, reduction = loops[:n_spatial], loops[n_spatial], loops[n_spatial + 1 :]
     tile = choose_tile(_extent(sch, spatial[-1]), _extent(sch, channel) // ins.lanes, ins)
     s_out, s_in = sch.split(spatial[-1], [None, tile.rows])
@@ -75,7 +80,8 @@ def tile_dot(
     if epilogue is not None:
         sch.reverse_compute_at(epilogue, tile_loop)
         vectorize_channels(sch, epilogue, ins.lanes)
-    sch.parallel(tile_loop)
+    if work >= PARALLEL_MIN_MACS:
+        sch.parallel(tile_loop)
     init = sch.decompose_reduction(block, reduction[0] if len(reduction) > 1 else k_out)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.tensorize(c_lane, register(ins))
@@ -144,11 +150,20 @@ def _parallel(sch: s_tir.Schedule, block: SBlockRV) -> None:
     loops = sch.get_loops(block)
     if len(loops) < 2:
         return
+    small = _volume(sch, loops) < PARALLEL_MIN_ELEMENTS
     if not _is_reduction(sch, block):
         vectorize_channels(sch, block, 16)
         loops = sch.get_loops(block)
-        sch.parallel(sch.fuse(*loops[: max(1, len(loops) - 2)]))
+        if not small:
+            sch.parallel(sch.fuse(*loops[: max(1, len(loops) - 2)]))
     else:
         n_spatial = sum(int(iv.iter_type) == 0 for iv in sch.get(block).iter_vars)
-        if n_spatial:
+        if n_spatial and not small:
             sch.parallel(sch.fuse(*loops[:n_spatial]))
+
+
+def _volume(sch: s_tir.Schedule, loops: list[LoopRV]) -> int:
+    volume = 1
+    for loop in loops:
+        volume *= _extent(sch, loop)
+    return volume
