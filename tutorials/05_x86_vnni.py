@@ -10,7 +10,8 @@ A 3x3 conv (1x28x28x128 -> 128, int8, per-channel requantize fused) goes through
 3. weights packed at compile time into the instruction's ``lanes x 4`` tiles, operands shifted
    to u8 x s8 (the shift folded into the zero-point constant) - still unscheduled;
 4. the dot product tiled in registers and tensorized, the requantize epilogue left after it;
-5. the requantize epilogue fused per register tile (the full pipeline).
+5. the requantize epilogue fused per register tile;
+6. its int32 scratch tile kept on the stack instead of TVM's workspace pool (the full pipeline).
 
 Every step's output is checked against the numpy reference, bit for bit.  Timings are median
 CPU time per call (robust to other jobs on a shared machine; use TVM_NUM_THREADS=1).
@@ -27,7 +28,7 @@ from tvm import relax, s_tir
 import tvm_qnn_ext.op as qnn
 from tvm_qnn_ext.quantization import conv as ref
 from tvm_qnn_ext.quantization import requantize
-from tvm_qnn_ext.target import dot_product, resolve_target
+from tvm_qnn_ext.target import dot_product, resolve_target, stack_buffers
 from tvm_qnn_ext.target.asm import assembly, count_instruction
 from tvm_qnn_ext.target.schedule import anchor_blocks
 from tvm_qnn_ext.target.schedules.dot_tiling import (
@@ -151,15 +152,24 @@ def tensorize_only(sch, anchor):
 print("\n4. tensorized dot product, requantize as a separate loop over the int32 result")
 run(reschedule(before_schedule(layer_module(), packed=True), tensorize_only), "   tensorized")
 
-# ---- 5. fused epilogue (what the pipeline does) -------------------------------------------------
-print("\n5. requantize fused per register tile (the 'qnn' pipeline's schedule)")
-ex = run(
-    reschedule(
-        before_schedule(layer_module(), packed=True),
-        lambda sch, anchor: schedule_dot_kernel(sch, anchor, INS, n_spatial=3),
-    ),
-    "   tensorized + fused epilogue",
+# ---- 5. fused epilogue ------------------------------------------------------------------------
+print("\n5. requantize fused per register tile")
+fused = reschedule(
+    before_schedule(layer_module(), packed=True),
+    lambda sch, anchor: schedule_dot_kernel(sch, anchor, INS, n_spatial=3),
 )
+run(fused, "   tensorized + fused epilogue")
+
+# ---- 6. the accumulator tile on the stack (what the pipeline does) ------------------------------
+# TVM 0.27 turns the per-tile int32 scratch buffer (rows x channels x 4 bytes, over 1 KiB) into
+# a TVMBackendAllocWorkspace/FreeWorkspace pair inside the parallel tile loop.  The schedule
+# stage marks its kernels with `qnn.stack_buffers`, and tvm_qnn_ext's TIR host pass keeps such
+# buffers as a stack alloca (tvm_qnn_ext/target/stack_buffers.py).
+print("\n6. the accumulator tile as a stack alloca (the 'qnn' pipeline's schedule)")
+for gv, func in list(fused.functions.items()):
+    if isinstance(func, tvm.tirx.PrimFunc):
+        fused[gv] = func.with_attr(stack_buffers.ATTR, True)
+ex = run(fused, "   + scratch tile on the stack")
 asm = assembly(ex)
 for mnemonic in ("vpdpbusd", "vpmaddubsw", "vpmaddwd"):
     print(f"   {mnemonic}: {count_instruction(asm, mnemonic)} in the generated assembly")
