@@ -1,0 +1,141 @@
+"""The schedule stage's plumbing: stack scratch tiles, the elementwise fallback, flat kernel
+rows for few-channel convs.  Values are checked against numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax, tirx
+
+from tvm_qnn_ext import op
+from tvm_qnn_ext.op.packed_dot import use_flat_rows
+from tvm_qnn_ext.quantization import conv as ref
+from tvm_qnn_ext.quantization import requantize
+from tvm_qnn_ext.target import resolve_target, stack_buffers
+from tvm_qnn_ext.transform import run_stages
+
+
+def _allocs(stmt, found):
+    if isinstance(stmt, tirx.AllocBuffer):
+        found.append(stmt)
+    for field in ("seq", "body", "then_case", "else_case"):
+        child = getattr(stmt, field, None)
+        if child is None:
+            continue
+        for s in child if isinstance(child, (list, tvm.ir.Array)) else [child]:
+            if isinstance(s, tirx.Stmt):
+                _allocs(s, found)
+    return found
+
+
+def _func_with_scratch(size: int) -> tirx.PrimFunc:
+    buf = tirx.decl_buffer((size,), "int32", name="scratch")
+    out = tirx.decl_buffer((1,), "int32", name="out")
+    body = tirx.SeqStmt(
+        [
+            tirx.AllocBuffer(buf),
+            tirx.BufferStore(buf, tirx.const(7, "int32"), [0]),
+            tirx.BufferStore(out, tirx.BufferLoad(buf, [0]), [0]),
+        ]
+    )
+    return tirx.PrimFunc([out], body)
+
+
+@pytest.mark.parametrize("marked", [True, False])
+def test_stack_buffers_marks_only_small_buffers_of_marked_kernels(marked):
+    small, large = _func_with_scratch(16), _func_with_scratch(stack_buffers.MAX_BYTES)
+    mod = tvm.IRModule({"small": small, "large": large})
+    if marked:
+        mod = tvm.IRModule(
+            {gv: f.with_attr(stack_buffers.ATTR, True) for gv, f in mod.functions.items()}
+        )
+    out = stack_buffers.annotate_stack_buffers(mod)
+    flags = {
+        gv.name_hint: ["disable_lower_builtin" in a.annotations for a in _allocs(f.body, [])]
+        for gv, f in out.functions.items()
+    }
+    # MAX_BYTES int32 elements is 4x the limit: never on the stack
+    assert flags == {"small": [marked], "large": [False]}
+
+
+def test_stack_buffers_installed_once_in_tvm_pipeline():
+    from tvm.tirx import compilation_pipeline
+
+    stack_buffers.install()
+    stack_buffers.install()
+    factory = compilation_pipeline.PIPELINE_MAP["s_tir"]
+    assert getattr(factory, "_qnn_stack_buffers", False)
+    _, host, _ = factory()
+    names = [p.info.name for p in host().passes]
+    assert names[0] == "QnnStackBuffers", names
+
+
+def _conv_module(x, w, bias, scales, **attrs):
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "int8"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            acc = bb.emit(op.conv2d(xv, relax.const(w), relax.const(bias), **attrs))
+            y = bb.emit_output(op.requantize(acc, scales, 0, 0.05, -2, "int8", axis=3))
+        bb.emit_func_output(y)
+    return bb.get()
+
+
+@pytest.mark.parametrize(
+    "shape, kernel, strides",
+    [((1, 49, 40, 1), (8, 10, 8), (2, 2)), ((1, 31, 29, 3), (16, 3, 3), (2, 2)),
+     ((1, 20, 19, 2), (5, 3, 5), (1, 1))],
+)  # fmt: skip
+def test_few_channel_conv_exact_on_every_tile(shape, kernel, strides):
+    """micro_speech's 10x8 mono conv, an RGB stem, a 2-channel 3x5: stack tiles, flat rows."""
+    rng = np.random.default_rng(sum(shape))
+    o, kh, kw = kernel
+    x = rng.integers(-128, 128, shape, dtype=np.int8)
+    w = rng.integers(-127, 128, (o, kh, kw, shape[3]), dtype=np.int8)
+    bias = rng.integers(-3000, 3000, o).astype(np.int32)
+    scales = list(rng.uniform(1e-4, 1e-3, o))
+    attrs = dict(strides=strides, padding=(1, 2, 1, 0), input_zero_point=5)
+    expected = requantize(ref.conv2d(x, w, bias, **attrs), scales, 0, 0.05, -2, "int8", axis=3)
+    target = resolve_target("native")
+    ex = tvm.compile(_conv_module(x, w, bias, scales, **attrs), target,
+                     relax_pipeline=relax.get_pipeline("qnn", target=target))  # fmt: skip
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_flat_rows_only_where_it_saves_instructions():
+    from tvm_qnn_ext.op.conv import Geometry
+
+    def geo(c, kw, dw=1):
+        return Geometry("NHWC", "OHWI", 1, c, 8, 8, 4, c, 3, kw, 1, (1, 1), (0, 0, 0, 0),
+                        (1, dw), 6, 8 - dw * (kw - 1))  # fmt: skip
+
+    assert use_flat_rows(geo(1, 3), 4)  # 3 taps of 1 channel: 4 per row instead of 12
+    assert use_flat_rows(geo(2, 5), 4)  # 10 -> 12 instead of 20
+    assert not use_flat_rows(geo(3, 3), 4)  # 9 -> 12, the same as 3 taps x 4
+    assert not use_flat_rows(geo(8, 3), 4)  # channels already fill the reduction
+    assert not use_flat_rows(geo(1, 3, dw=2), 4)  # dilated rows are not contiguous
+    assert not use_flat_rows(geo(1, 1), 4)
+
+
+def test_elementwise_fallback_vectorizes_with_a_tail():
+    """A [49, 40] int8 requantize (1960 = 122 x 16 + 8): 16 lanes plus a scalar tail, exact."""
+    rng = np.random.default_rng(3)
+    x = rng.integers(-128, 128, (1, 49, 1, 40), dtype=np.int8)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "int8"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            y = bb.emit_output(op.requantize(xv, 0.031, 3, 0.017, -9, "int8"))
+        bb.emit_func_output(y)
+    target = resolve_target("native")
+    mod, results = run_stages(relax.transform.ConvertToDataflow()(bb.get()), target, trace=True)
+    reports = [str(e) for r in results for e in r.reports]
+    assert any("122x16 lanes + 8 scalar" in r for r in reports), reports
+    kernel = next(f for f in mod.functions.values() if isinstance(f, tirx.PrimFunc))
+    assert stack_buffers.ATTR in kernel.attrs
+    assert "T.vectorized(T.int64(16))" in kernel.script()
+    ex = tvm.compile(mod, target, relax_pipeline=relax.get_pipeline("default"))
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_array_equal(got, requantize(x, 0.031, 3, 0.017, -9, "int8"))
