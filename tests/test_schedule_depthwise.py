@@ -18,6 +18,7 @@ from tvm_qnn_ext import op
 from tvm_qnn_ext.quantization import conv as ref
 from tvm_qnn_ext.quantization import requantize
 from tvm_qnn_ext.target import detect_cpu, dot_product, resolve_target
+from tvm_qnn_ext.target.asm import assembly, count_instruction
 from tvm_qnn_ext.testing.batch import Case
 from tvm_qnn_ext.transform.pipeline import run_stages
 
@@ -194,9 +195,6 @@ def _unfoldable(rng, lanes: int) -> Case:
 @pytest.mark.parametrize("variant", sorted(PACKED_TARGETS))
 def test_packed_depthwise_matches_reference(variant):
     target = resolve_target(PACKED_TARGETS[variant])
-    missing = dot_product.target_features(target) - detect_cpu().features
-    if missing:
-        pytest.skip(f"this CPU cannot run {PACKED_TARGETS[variant]} (lacks {sorted(missing)})")
     kind, lanes = variant.split("_x")
     lanes = int(lanes)
     rng = np.random.default_rng(50 + lanes)
@@ -210,7 +208,13 @@ def test_packed_depthwise_matches_reference(variant):
     assert lanes == 8 or any(f"{kind} x8 lanes" in m for m in packed)
     assert any("per 2 output row(s)" in m for m in packed)
     assert any("per 1 output row(s)" in m for m in packed)
-    vm = relax.VirtualMachine(tvm.compile(mod, target, relax_pipeline="default"), tvm.cpu())
+    executable = tvm.compile(mod, target, relax_pipeline="default")
+    mnemonic = {"vpdpbusd": "vpdpbusd", "pmaddwd": "vpmaddwd"}[kind]
+    assert count_instruction(assembly(executable), mnemonic) > 0
+    missing = dot_product.target_features(target) - detect_cpu().features
+    if missing:
+        pytest.skip(f"compiled; this CPU cannot run {PACKED_TARGETS[variant]} ({sorted(missing)})")
+    vm = relax.VirtualMachine(executable, tvm.cpu())
     for i, case in enumerate(cases):
         out = vm[f"case_{i}"](*[tvm.runtime.tensor(a) for a in case.inputs]).numpy()
         np.testing.assert_array_equal(out, case.meta["expected"], err_msg=f"case {i}: {case.meta}")
