@@ -147,3 +147,25 @@ def dense(
     x = data.astype(np.int64) - zx
     acc = np.tensordot(x, w, axes=([-1], [1])) + _bias(bias, units, where)
     return _to_int32(acc, where)
+
+
+#: the LiteRT builtin kernels of the accumulating ops, as :func:`litert_rounding` names them
+LITERT_KERNELS = ("conv", "grouped_conv", "depthwise", "fully_connected")
+
+
+def litert_rounding(kernel: str, in_dtype: str, channels: int) -> dict:
+    """How LiteRT's builtin kernel rounds its requantize, as ``qnn.requantize`` keywords.
+
+    Measured op by op (tests/test_op_conv.py, the differential fuzzer): CONV_2D and
+    FULLY_CONNECTED run their gemm in ruy, whose output stage rounds the final shift ties-up.
+    int8 DEPTHWISE_CONV_2D does so on its SIMD blocks of 8 channels and rounds the remaining
+    C % 8 channels ties-away; uint8 DEPTHWISE_CONV_2D rounds ties-away throughout.  A grouped
+    CONV_2D (filter depth below the input's) runs TFLite's reference kernel: ties-away.
+    """
+    if kernel not in LITERT_KERNELS:
+        raise ValueError(f"unknown LiteRT kernel {kernel!r}; expected one of {LITERT_KERNELS}")
+    if kernel in ("conv", "fully_connected"):
+        return dict(rounding="tflite_neon")
+    if kernel == "depthwise" and in_dtype == "int8":
+        return dict(rounding="tflite", neon_channels=8 * (channels // 8))
+    return dict(rounding="tflite")

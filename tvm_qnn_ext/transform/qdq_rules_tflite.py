@@ -12,6 +12,7 @@ from tvm import relax
 
 from .. import op as qnn
 from ..quantization import dtype_range, round_half_away
+from ..quantization.conv import litert_rounding
 from ..quantization.elementwise import LITERT_ADD_LANES
 from .qdq_to_qnn import (
     NotRewritable,
@@ -84,15 +85,6 @@ def _bias(ctx: RewriteContext, expr, acc_scale: np.ndarray, channels: int) -> re
     return relax.const(b, "int32")
 
 
-def _litert_rounding(depthwise: bool, in_dtype: str, channels: int) -> dict:
-    """As frontend/tflite/convert_linear._litert_rounding (measured against LiteRT there)."""
-    if not depthwise:
-        return dict(rounding="tflite_neon")
-    if in_dtype == "int8":
-        return dict(rounding="tflite", neon_channels=8 * (channels // 8))
-    return dict(rounding="tflite")
-
-
 def _acc_scale(qi: QParams, qw: QParams) -> np.ndarray:
     # uint8 kernels form s_in * s_w in float32 (LiteRT's legacy GetQuantizedConvolutionMultipler).
     if qi.dtype == "uint8":
@@ -145,7 +137,8 @@ def _conv(region: Region, conv: relax.Call, bias_expr) -> relax.Expr:
             out_dtype="int32",
         )
     )
-    rounding = _litert_rounding(depthwise, qi.dtype, channels)
+    kernel = "depthwise" if depthwise else ("grouped_conv" if groups > 1 else "conv")
+    rounding = litert_rounding(kernel, qi.dtype, channels)
     return _requantize(region, acc, acc_scale, dl.index("C"), **rounding)
 
 
@@ -172,7 +165,8 @@ def _dense(region: Region, matmul: relax.Call, bias_expr) -> relax.Expr:
         )
     )
     axis = len(ctx.shape(matmul)) - 1
-    return _requantize(region, acc, acc_scale, axis, rounding="tflite_neon")
+    rounding = litert_rounding("fully_connected", qi.dtype, units)
+    return _requantize(region, acc, acc_scale, axis, **rounding)
 
 
 _ACCUMULATE = {"relax.nn.conv2d": _conv, "relax.matmul": _dense}

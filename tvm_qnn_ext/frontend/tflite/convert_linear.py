@@ -6,28 +6,21 @@ import numpy as np
 from tvm import relax
 
 from ... import op as qnn
+from ...quantization.conv import litert_rounding
 from .common import activation_range, check_fused, same_or_valid_padding
 from .importer import Context, converter, quantized_io
 from .reader import Operator
 
 
 def _litert_rounding(ctx: Context, op: Operator) -> dict:
-    """How LiteRT's builtin kernel rounds, measured op by op (tests/test_op_conv.py).
-
-    CONV_2D and FULLY_CONNECTED run their gemm in ruy, whose output stage rounds the final shift
-    ties-up.  int8 DEPTHWISE_CONV_2D does so on its SIMD blocks of 8 channels and rounds the
-    remaining C % 8 channels ties-away; uint8 DEPTHWISE_CONV_2D rounds ties-away throughout.
-    A grouped CONV_2D (filter depth below the input's) runs TFLite's reference kernel, which
-    rounds ties-away (found by the differential fuzzer).
-    """
-    if op.name == "CONV_2D" and _is_grouped(ctx, op):
-        return dict(rounding="tflite")
-    if op.name != "DEPTHWISE_CONV_2D":
-        return dict(rounding="tflite_neon")
-    if ctx.tensor(op.inputs[0]).dtype == "int8":
-        channels = ctx.tensor(op.outputs[0]).shape[-1]
-        return dict(rounding="tflite", neon_channels=8 * (channels // 8))
-    return dict(rounding="tflite")
+    if op.name == "DEPTHWISE_CONV_2D":
+        kernel = "depthwise"
+    elif op.name == "CONV_2D":
+        kernel = "grouped_conv" if _is_grouped(ctx, op) else "conv"
+    else:
+        kernel = "fully_connected"
+    channels = ctx.tensor(op.outputs[0]).shape[-1]
+    return litert_rounding(kernel, ctx.tensor(op.inputs[0]).dtype, channels)
 
 
 def _float32_scale_product(ctx: Context, op: Operator) -> bool:
