@@ -14,6 +14,8 @@ reaches the graph.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from tvm import relax
 
@@ -113,23 +115,44 @@ def _round_shift_20(acc: relax.Expr) -> relax.Expr:
     return relax.op.multiply(relax.op.sign(acc), mag)
 
 
-@converter("RESIZE_BILINEAR", check=_check_bilinear)
-def convert_resize_bilinear(ctx: Context, op: Operator):
-    """``ResizeBilinearInteger``: four gathers weighted by import-time 10-bit fixed-point
-    weights (see :mod:`tvm_qnn_ext.quantization.resize`), summed and rounded in int64."""
-    _, h, w, _ = ctx.tensor(op.inputs[0]).shape
-    oh, ow = (int(d) for d in ctx.const(op.inputs[1]).reshape(-1))
-    ac = bool(op.options.get("align_corners", False))
-    hp = bool(op.options.get("half_pixel_centers", False))
-    ty, tx = bilinear_taps(h, oh, ac, hp), bilinear_taps(w, ow, ac, hp)
-    dtype = ctx.tensor(op.inputs[0]).dtype
-    x = ctx.expr(op.inputs[0])
+def emit_resize_bilinear_integer(
+    emit: Callable[[relax.Expr], relax.Var],
+    x: relax.Expr,
+    in_hw: tuple[int, int],
+    out_hw: tuple[int, int],
+    align_corners: bool,
+    half_pixel_centers: bool,
+    dtype: str,
+) -> relax.Expr:
+    """LiteRT's ``ResizeBilinearInteger`` on NHWC ``x``: four gathers weighted by import-time
+    10-bit fixed-point weights (see :mod:`tvm_qnn_ext.quantization.resize`), summed and
+    rounded in int64, cast to ``dtype``.  ``emit`` binds each intermediate (our importer's and
+    QDQToQNN's contexts both have one)."""
+    (h, w), (oh, ow) = in_hw, out_hw
+    ty = bilinear_taps(h, oh, align_corners, half_pixel_centers)
+    tx = bilinear_taps(w, ow, align_corners, half_pixel_centers)
     acc = None
     for yi in (0, 1):
-        rows = ctx.emit(relax.op.take(x, relax.const(ty[:, yi].astype(np.int32)), axis=1))
+        rows = emit(relax.op.take(x, relax.const(ty[:, yi].astype(np.int32)), axis=1))
         for xj in (0, 1):
-            v = ctx.emit(relax.op.take(rows, relax.const(tx[:, xj].astype(np.int32)), axis=2))
+            v = emit(relax.op.take(rows, relax.const(tx[:, xj].astype(np.int32)), axis=2))
             weight = np.outer(ty[:, 2 + yi], tx[:, 2 + xj])[None, :, :, None]
             term = relax.op.multiply(relax.op.astype(v, "int64"), relax.const(weight, "int64"))
-            acc = ctx.emit(term if acc is None else relax.op.add(acc, term))
-    return [ctx.emit(relax.op.astype(_round_shift_20(acc), dtype))]
+            acc = emit(term if acc is None else relax.op.add(acc, term))
+    return relax.op.astype(_round_shift_20(acc), dtype)
+
+
+@converter("RESIZE_BILINEAR", check=_check_bilinear)
+def convert_resize_bilinear(ctx: Context, op: Operator):
+    _, h, w, _ = ctx.tensor(op.inputs[0]).shape
+    oh, ow = (int(d) for d in ctx.const(op.inputs[1]).reshape(-1))
+    resized = emit_resize_bilinear_integer(
+        ctx.emit,
+        ctx.expr(op.inputs[0]),
+        (h, w),
+        (oh, ow),
+        bool(op.options.get("align_corners", False)),
+        bool(op.options.get("half_pixel_centers", False)),
+        ctx.tensor(op.inputs[0]).dtype,
+    )
+    return [ctx.emit(resized)]
