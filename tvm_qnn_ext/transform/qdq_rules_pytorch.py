@@ -42,6 +42,7 @@ from .qdq_to_qnn import (
     op_name,
     qdq_binding_rule,
     qdq_rule,
+    quantize_model_input,
 )
 from .requantize_half_even import half_even_requantize
 
@@ -434,11 +435,7 @@ def _no_activation_or_raise(region: Region) -> None:
 @qdq_binding_rule("relax.quantize", framework=PYTORCH)
 def input_quantize(ctx: RewriteContext, binding: relax.VarBinding) -> relax.Expr | None:
     """quantize_per_tensor of a float model input: PyTorch's ``x * fl32(1/s)``, then rint."""
-    call = binding.value
-    if dtype_of(call.args[0]) != "float32" or ctx.call(call.args[0]) is not None:
-        return None
-    q = ctx.qparams(call, str(call.attrs.out_dtype))
-    return qnn.quantize(ctx.use(call.args[0]), q.s, q.zp, q.dtype, rounding="float")
+    return quantize_model_input(ctx, binding, "float")
 
 
 @qdq_binding_rule("relax.add", "relax.matmul", "relax.nn.conv2d", framework=PYTORCH)

@@ -18,6 +18,7 @@ from .qdq_to_qnn import (
     op_name,
     qdq_binding_rule,
     qdq_rule,
+    quantize_model_input,
 )
 
 
@@ -165,11 +166,7 @@ def concat(region: Region) -> relax.Expr:
 @qdq_binding_rule("relax.quantize", framework=TFLITE)
 def input_quantize(ctx: RewriteContext, binding: relax.VarBinding) -> relax.Expr | None:
     """QUANTIZE of a float model input: LiteRT's kernel, not TVM's round-half-even."""
-    call = binding.value
-    if dtype_of(call.args[0]) != "float32" or ctx.call(call.args[0]) is not None:
-        return None
-    q = ctx.qparams(call, str(call.attrs.out_dtype))
-    return qnn.quantize(ctx.use(call.args[0]), q.s, q.zp, q.dtype, rounding="tflite_neon")
+    return quantize_model_input(ctx, binding, "tflite_neon")
 
 
 @qdq_binding_rule("relax.dequantize", framework=TFLITE)

@@ -269,6 +269,16 @@ class RewriteContext:
         return self._mutator.builder_.emit(expr)
 
 
+def quantize_model_input(ctx: RewriteContext, binding: relax.VarBinding, rounding: str):
+    """A ``relax.quantize`` of a float model input as ``qnn.quantize`` with the framework's
+    ``rounding``; None for any other quantize (those belong to a region)."""
+    call = binding.value
+    if dtype_of(call.args[0]) != "float32" or ctx.call(call.args[0]) is not None:
+        return None
+    q = ctx.qparams(call, str(call.attrs.out_dtype))
+    return qnn.quantize(ctx.use(call.args[0]), q.s, q.zp, q.dtype, rounding=rounding)
+
+
 def concat_region(region: Region, rounding: str) -> relax.Expr:
     """``qnn.concatenate`` of a quantized concat region: each input requantized to the output's
     parameters with ``rounding`` (the frameworks differ only there)."""
