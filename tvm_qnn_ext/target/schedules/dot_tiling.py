@@ -69,7 +69,7 @@ def tile_dot(
     parallel tile loop, so no full int32 intermediate is kept.
     """
     loops = sch.get_loops(block)
-    work = _volume(sch, loops)
+    work = loop_volume(sch, loops)
     spatial, channel, reduction = loops[:n_spatial], loops[n_spatial], loops[n_spatial + 1 :]
     tile = choose_tile(_extent(sch, spatial[-1]), _extent(sch, channel) // ins.lanes, ins)
     s_out, s_in = sch.split(spatial[-1], [None, tile.rows])
@@ -150,7 +150,7 @@ def _parallel(sch: s_tir.Schedule, block: SBlockRV) -> None:
     loops = sch.get_loops(block)
     if len(loops) < 2:
         return
-    small = _volume(sch, loops) < PARALLEL_MIN_ELEMENTS
+    small = loop_volume(sch, loops) < PARALLEL_MIN_ELEMENTS
     if not _is_reduction(sch, block):
         vectorize_channels(sch, block, 16)
         loops = sch.get_loops(block)
@@ -162,7 +162,7 @@ def _parallel(sch: s_tir.Schedule, block: SBlockRV) -> None:
             sch.parallel(sch.fuse(*loops[:n_spatial]))
 
 
-def _volume(sch: s_tir.Schedule, loops: list[LoopRV]) -> int:
+def loop_volume(sch: s_tir.Schedule, loops: list[LoopRV]) -> int:
     volume = 1
     for loop in loops:
         volume *= _extent(sch, loop)

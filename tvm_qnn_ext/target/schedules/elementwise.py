@@ -11,10 +11,10 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.s_tir.schedule import SBlockRV, ScheduleError
 
+from .dot_tiling import PARALLEL_MIN_ELEMENTS, loop_volume
+
 VECTOR_WIDTHS = (64, 32, 16)
 LANES = 16
-# below this many elements a parallel launch costs more than it saves
-PARALLEL_MIN = 1 << 14
 
 
 def schedule_elementwise(sch: s_tir.Schedule) -> str | None:
@@ -50,25 +50,20 @@ def _flat_vector_loop(sch: s_tir.Schedule, block: SBlockRV) -> str:
     loops = sch.get_loops(block)
     if not loops:
         return ""
-    total = 1
-    for loop in loops:
-        total *= int(sch.get(loop).extent)
+    total = loop_volume(sch, loops)
     flat = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     name = sch.get(block).name_hint
+    if total <= LANES:
+        return f"{name}: {total} scalar"
     width = next((v for v in VECTOR_WIDTHS if total % v == 0 and total > v), None)
-    if width is None and total > LANES:
+    tail = ""
+    if width is None:
         # A 16-lane body and a scalar tail (e.g. 49 x 40 = 1960 = 122 x 16 + 8); the body's
         # bound also settles LiteRT's SIMD-part predicate of ADD, which splits at the same place.
-        body, _tail = sch.loop_partition(flat, [total // LANES * LANES, None])
-        outer, inner = sch.split(body, [None, LANES])
-        sch.vectorize(inner)
-        if total >= PARALLEL_MIN:
-            sch.parallel(outer)
-        return f"{name}: {total // LANES}x{LANES} lanes + {total % LANES} scalar"
-    if width is None:
-        return f"{name}: {total} scalar"
+        flat, _ = sch.loop_partition(flat, [total // LANES * LANES, None])
+        width, tail = LANES, f" + {total % LANES} scalar"
     outer, inner = sch.split(flat, [None, width])
     sch.vectorize(inner)
-    if total >= PARALLEL_MIN:
+    if total >= PARALLEL_MIN_ELEMENTS:
         sch.parallel(outer)
-    return f"{name}: {total // width}x{width} lanes"
+    return f"{name}: {total // width}x{width} lanes{tail}"
