@@ -124,6 +124,14 @@ def test_real_model_calls_are_independent_and_bit_exact(models, magic_wand, name
             np.testing.assert_array_equal(ours, ref)
     if name == "anomaly_detection":  # (magic_wand's softmax saturates on random inputs)
         assert not np.array_equal(outputs[0][0], outputs[1][0])
+    # one input, one output: calls after the first take the short path, checks included
+    assert model._one_to_one is not None
+    x = inputs[0][0]
+    with pytest.raises(TypeError, match="expected dtype"):
+        model(x.astype(np.float64))
+    with pytest.raises(ValueError, match="expected shape"):
+        model(x.reshape(-1))
+    np.testing.assert_array_equal(model(x)[0], outputs[0][0])
 
 
 def test_exported_model_keeps_both_entry_points(magic_wand, tmp_path):

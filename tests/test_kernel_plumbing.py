@@ -3,6 +3,8 @@ rows for few-channel convs.  Values are checked against numpy."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import tvm
@@ -12,7 +14,7 @@ from tvm_qnn_ext import op
 from tvm_qnn_ext.op.packed_dot import use_flat_rows
 from tvm_qnn_ext.quantization import conv as ref
 from tvm_qnn_ext.quantization import requantize
-from tvm_qnn_ext.target import resolve_target, stack_buffers
+from tvm_qnn_ext.target import detect_cpu, resolve_target, stack_buffers
 from tvm_qnn_ext.transform import run_stages
 
 
@@ -139,3 +141,28 @@ def test_elementwise_fallback_vectorizes_with_a_tail():
     ex = tvm.compile(mod, target, relax_pipeline=relax.get_pipeline("default"))
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_array_equal(got, requantize(x, 0.031, 3, 0.017, -9, "int8"))
+
+
+@pytest.mark.parametrize("channels", [120, 40])
+def test_epilogue_vectorized_with_remainder(channels):
+    """Output channels that 16 does not divide (keyword spotting's 120): the per-tile epilogue
+    runs 16-lane steps and a vectorized remainder instead of a scalar loop, still exact."""
+    rng = np.random.default_rng(channels)
+    x = rng.integers(-128, 128, (1, 9, 3, 24), dtype=np.int8)
+    w = rng.integers(-127, 128, (channels, 1, 1, 24), dtype=np.int8)
+    bias = rng.integers(-3000, 3000, channels).astype(np.int32)
+    scales = list(rng.uniform(1e-4, 1e-3, channels))
+    attrs = dict(input_zero_point=-7)
+    expected = requantize(ref.conv2d(x, w, bias, **attrs), scales, 0, 0.05, -2, "int8", axis=3)
+    target = resolve_target("native")
+    mod = relax.transform.ConvertToDataflow()(_conv_module(x, w, bias, scales, **attrs))
+    mod, _ = run_stages(mod, target)
+    kernel = next(f for f in mod.functions.values() if isinstance(f, tirx.PrimFunc))
+    script = kernel.script()
+    assert f"in range(T.int64({channels}))" not in script, script
+    remainder = re.findall(rf"T\.vectorized\(T\.int64\((\d+)\), T\.int64\({channels}\)\)", script)
+    if detect_cpu().has("avx512vnni"):  # 16 lanes: 120 = 7 x 16 + 8, 40 = 2 x 16 + 8
+        assert remainder == [str(channels // 16 * 16)], script
+    ex = tvm.compile(mod, target, relax_pipeline=relax.get_pipeline("default"))
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_array_equal(got, expected)

@@ -59,6 +59,8 @@ class CompiledModel:
         self._outputs: list[np.ndarray] | None = None
         # (staging buffer, dtype, shape, spec) per input; empty: inputs go through tvm tensors
         self._slots: list[tuple] = []
+        # set after the first preallocated call of a one-input, one-output model
+        self._one_to_one = None
         on_cpu = self.device.dlpack_device_type() == tvm.cpu().dlpack_device_type()
         if on_cpu and all(s.shape for s in inputs):
             self._staging = [_aligned_empty(s.shape, s.dtype) for s in inputs]
@@ -81,6 +83,9 @@ class CompiledModel:
         return a
 
     def __call__(self, *arrays: np.ndarray) -> list[np.ndarray]:
+        fast = self._one_to_one
+        if fast is not None and len(arrays) == 1:
+            return fast(arrays[0])
         slots = self._slots
         if not slots:
             return self._call_unstaged(arrays)
@@ -97,9 +102,26 @@ class CompiledModel:
             if self._run is not self._main:
                 # main_preallocated returns the same workspace tensors on every call
                 self._outputs = views
+                if len(slots) == 1 and len(views) == 1:
+                    self._one_to_one = self._one_to_one_call(slots[0], views[0])
         if len(views) == 1:
             return [views[0].copy()]
         return [view.copy() for view in views]
+
+    def _one_to_one_call(self, slot: tuple, view: np.ndarray):
+        """The call of a one-input, one-output model with the per-call Python work cut to the
+        copies (about 0.7 us less than the general path; it matters in models of a few us)."""
+        buf, dtype, shape, spec = slot
+        run, run_args, check = self._run, self._run_args, self._check
+
+        def call(a) -> list[np.ndarray]:
+            if type(a) is not np.ndarray or a.dtype != dtype or a.shape != shape:
+                a = check(spec, a)
+            buf[...] = a
+            run(*run_args)
+            return [view.copy()]
+
+        return call
 
     def _call_unstaged(self, arrays) -> list[np.ndarray]:
         if len(arrays) != len(self.inputs):

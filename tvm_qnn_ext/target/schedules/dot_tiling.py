@@ -91,13 +91,19 @@ def tile_dot(
 
 
 def vectorize_channels(sch: s_tir.Schedule, block: SBlockRV, lanes: int) -> None:
-    """Vectorize the innermost (channel) loop of an epilogue block by ``lanes`` when it divides."""
+    """Vectorize the innermost (channel) loop of an epilogue block: ``lanes``-wide steps, and
+    when ``lanes`` does not divide it (e.g. 120 channels) a body of whole steps plus a
+    vectorized remainder."""
     loop = sch.get_loops(block)[-1]
     extent = _extent(sch, loop)
-    if extent % lanes == 0 and extent > lanes:
-        sch.vectorize(sch.split(loop, [None, lanes])[1])
-    elif extent <= 64:
+    if extent <= lanes:
         sch.vectorize(loop)
+        return
+    body = extent // lanes * lanes
+    if body != extent:
+        loop, rest = sch.loop_partition(loop, [body, None])
+        sch.vectorize(rest)
+    sch.vectorize(sch.split(loop, [None, lanes])[1])
 
 
 def _is_reduction(sch: s_tir.Schedule, block: SBlockRV) -> bool:
@@ -152,10 +158,9 @@ def _parallel(sch: s_tir.Schedule, block: SBlockRV) -> None:
         return
     small = loop_volume(sch, loops) < PARALLEL_MIN_ELEMENTS
     if not _is_reduction(sch, block):
-        vectorize_channels(sch, block, 16)
-        loops = sch.get_loops(block)
         if not small:
-            sch.parallel(sch.fuse(*loops[: max(1, len(loops) - 2)]))
+            sch.parallel(sch.fuse(*loops[:-1]))
+        vectorize_channels(sch, block, 16)  # last: it may split the block in two
     else:
         n_spatial = sum(int(iv.iter_type) == 0 for iv in sch.get(block).iter_vars)
         if n_spatial and not small:
