@@ -2,7 +2,8 @@
 :func:`tvm_qnn_ext.quantization.multiply_by_quantized_multiplier` term for term.
 
 The TFLite modes are written on int32 lanes wherever the arithmetic allows it: only the
-32x32->64 high multiply needs 64 bits (LLVM turns it into ``vpmuldq`` pairs), and the rounding
+32x32->64 high multiply needs 64 bits (one intrinsic, lowered on lane pairs after
+vectorization: ``high_mul_intrin.py``), and the rounding
 right shift is TFLite's own overflow-free form.  On a 512-bit register that is 16 lanes per
 instruction instead of 8, which matters in epilogues of small-K layers where the requantize
 costs more than the dot product.
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 from tvm import te, tirx
 from tvm.ir.expr import Expr as PrimExpr
+
+from .high_mul_intrin import high_mul_call
 
 I32 = "int32"
 I64 = "int64"
@@ -43,8 +46,7 @@ def high_mul(x: PrimExpr, multiplier) -> PrimExpr:
     With ``m >= 0`` the saturating case (both INT32_MIN) cannot occur and gemmlowp's
     sign-dependent nudge followed by truncation equals ``(x*m + 2^30) >> 31`` (floor).
     """
-    prod = _i64(x) * _i64(multiplier)
-    return ((prod + tirx.const(1 << 30, I64)) >> tirx.const(31, I64)).astype(I32)
+    return high_mul_call(_i32(x), _i32(multiplier))
 
 
 def rounding_shift_right(x: PrimExpr, exponent, ties_up=None) -> PrimExpr:

@@ -1,0 +1,56 @@
+"""The ``qnn_high_mul`` TIR intrinsic against gemmlowp's SaturatingRoundingDoublingHighMul at
+every vector width (lane pairs for even widths, the plain int64 form otherwise)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import s_tir, te
+
+from tvm_qnn_ext.op.high_mul_intrin import high_mul_call
+from tvm_qnn_ext.quantization.fixed_point import _srdhm as gemmlowp_high_mul
+from tvm_qnn_ext.target import detect_cpu, resolve_target
+from tvm_qnn_ext.target.asm import assembly, count_instruction
+
+N = 1024
+
+
+def _build(lanes: int, target):
+    x = te.placeholder((N,), "int32", name="x")
+    m = te.placeholder((N,), "int32", name="m")
+    y = te.compute((N,), lambda i: high_mul_call(x[i], m[i]), name="y")
+    sch = s_tir.Schedule(te.create_prim_func([x, m, y]))
+    if lanes > 1:
+        (loop,) = sch.get_loops(sch.get_sblock("y"))
+        sch.vectorize(sch.split(loop, [None, lanes])[1])
+    return tvm.compile(sch.mod, target)
+
+
+def _operands(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-(2**31), 2**31, N, dtype=np.int64).astype(np.int32)
+    m = rng.integers(0, 2**31, N, dtype=np.int64).astype(np.int32)
+    x[:6] = [-(2**31), -(2**31), 2**31 - 1, -1, 1, 0]
+    m[:6] = [2**31 - 1, 1 << 30, 2**31 - 1, 2**31 - 1, 1 << 30, 2**31 - 1]
+    # ties: x * m + 2^30 an exact multiple of 2^31 on both signs
+    x[6:10], m[6:10] = [1, -1, 3, -3], [1 << 30, 1 << 30, 1 << 30, 1 << 30]
+    return x, m
+
+
+@pytest.mark.parametrize("lanes", [16, 8, 4, 3, 1])
+def test_high_mul_matches_numpy_at_every_width(lanes):
+    lib = _build(lanes, resolve_target("native"))
+    x, m = _operands(lanes)
+    out = tvm.runtime.tensor(np.zeros(N, np.int32))
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(m), out)
+    expected = gemmlowp_high_mul(x.astype(np.int64), m.astype(np.int64))  # its own nudge form
+    np.testing.assert_array_equal(out.numpy(), expected)
+
+
+@pytest.mark.skipif(not detect_cpu().has("avx512bw"), reason="needs AVX512 (zmm) on this CPU")
+def test_lane_pairs_leave_no_widening_shuffles():
+    asm = assembly(_build(16, resolve_target("native")))
+    assert count_instruction(asm, "vpmuldq") > 0
+    for shuffle in ("vpmovsxdq", "vpmovqd", "vinserti64x4"):
+        assert count_instruction(asm, shuffle) == 0, shuffle
