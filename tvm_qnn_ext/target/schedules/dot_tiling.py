@@ -79,6 +79,11 @@ def tile_dot(
     tile_loop = sch.fuse(*spatial[:-1], s_out, c_out)
     if epilogue is not None:
         sch.reverse_compute_at(epilogue, tile_loop)
+        # Unrolled over the tile's rows, the epilogue reads the accumulator tile at constant
+        # offsets, so LLVM keeps it in registers instead of storing and reloading it (and
+        # spilling accumulators to make room): image_example1's 3x3 stem 19-23 -> 14-15 us.
+        for loop in sch.get_loops(epilogue)[1:-1]:
+            sch.unroll(loop)
         vectorize_channels(sch, epilogue, ins.lanes)
     if work >= PARALLEL_MIN_MACS:
         sch.parallel(tile_loop)
