@@ -64,6 +64,7 @@ def _register() -> None:
     tvm.ir.Op.get(OP_NAME).set_num_inputs(2)
     tvm.ir.register_op_attr(OP_NAME, "TCallEffectKind", _PURE)
     tvm.ir.register_op_attr(OP_NAME, "TVectorizable", True)
+    tvm.ir.register_op_attr(OP_NAME, "TScriptPrinterName", "qnn_high_mul")
     for target in ("llvm", "default"):
         tirx.op.register_intrin_lowering(OP_NAME, target, f=_lower, level=99)
 
