@@ -15,6 +15,7 @@ from tvm_qnn_ext.op.packed_dot import use_flat_rows
 from tvm_qnn_ext.quantization import conv as ref
 from tvm_qnn_ext.quantization import requantize
 from tvm_qnn_ext.target import detect_cpu, resolve_target, stack_buffers
+from tvm_qnn_ext.target.asm import assembly, count_instruction
 from tvm_qnn_ext.transform import run_stages
 
 
@@ -166,3 +167,26 @@ def test_epilogue_vectorized_with_remainder(channels):
     ex = tvm.compile(mod, target, relax_pipeline=relax.get_pipeline("default"))
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_array_equal(got, expected)
+
+
+def test_elementwise_fallback_flattens_two_dimensions_without_gathers():
+    """A [1, 12, 10, 24] requantize runs as 12 rows of 240 contiguous lanes: flattened whole,
+    TVM left per-lane index arithmetic and byte gathers (vpinsrb) in the vector loop."""
+    rng = np.random.default_rng(4)
+    x = rng.integers(-128, 128, (1, 12, 10, 24), dtype=np.int8)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "int8"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            y = bb.emit_output(op.requantize(xv, 0.031, 3, 0.017, -9, "int8"))
+        bb.emit_func_output(y)
+    target = resolve_target("native")
+    mod, results = run_stages(relax.transform.ConvertToDataflow()(bb.get()), target, trace=True)
+    reports = [str(e) for r in results for e in r.reports]
+    assert any("12 rows of 15x16 lanes" in r for r in reports), reports
+    ex = tvm.compile(mod, target, relax_pipeline=relax.get_pipeline("default"))
+    if detect_cpu().arch == "x86_64":
+        asm = assembly(ex)
+        assert count_instruction(asm, "vpinsrb") == 0 and count_instruction(asm, "vpextrb") == 0
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_array_equal(got, requantize(x, 0.031, 3, 0.017, -9, "int8"))
