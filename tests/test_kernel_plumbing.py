@@ -13,6 +13,7 @@ from tvm import relax, tirx
 from tvm_qnn_ext import op
 from tvm_qnn_ext.op.packed_dot import use_flat_rows
 from tvm_qnn_ext.quantization import conv as ref
+from tvm_qnn_ext.quantization import pool as ref_pool
 from tvm_qnn_ext.quantization import requantize
 from tvm_qnn_ext.target import detect_cpu, resolve_target, stack_buffers
 from tvm_qnn_ext.target.asm import assembly, count_instruction
@@ -190,3 +191,37 @@ def test_elementwise_fallback_flattens_two_dimensions_without_gathers():
         assert count_instruction(asm, "vpinsrb") == 0 and count_instruction(asm, "vpextrb") == 0
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_array_equal(got, requantize(x, 0.031, 3, 0.017, -9, "int8"))
+
+
+def _single_op_kernel(x, make):
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, str(x.dtype)))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            y = bb.emit_output(make(xv))
+        bb.emit_func_output(y)
+    target = resolve_target("native")
+    mod, results = run_stages(relax.transform.ConvertToDataflow()(bb.get()), target, trace=True)
+    ex = tvm.compile(mod, target, relax_pipeline=relax.get_pipeline("default"))
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    return got, [str(e) for r in results for e in r.reports]
+
+
+_POOL = dict(pool_size=(2, 3), strides=(2, 2))
+_MEAN = dict(axis=[1, 2], keepdims=True, input_scale=0.05, input_zero_point=3,
+             output_scale=0.04, output_zero_point=-2)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name, padding",
+    [("avg_pool2d", (0, 0, 0, 0)), ("avg_pool2d", (1, 1, 1, 1)), ("max_pool2d", (0, 1, 0, 1)),
+     ("mean", None)],
+)  # fmt: skip
+def test_reductions_run_channels_inside_the_window(name, padding):
+    """Pools and spatial means: the window loops outside a contiguous channel loop, the
+    per-output step fused per position; exact against the numpy reference, padded or not."""
+    x = np.random.default_rng(7).integers(-128, 128, (1, 11, 13, 24), dtype=np.int8)
+    kw = dict(_MEAN) if name == "mean" else dict(_POOL, padding=padding)
+    got, reports = _single_op_kernel(x, lambda v: getattr(op, name)(v, **kw))
+    np.testing.assert_array_equal(got, getattr(ref_pool, name)(x, **kw))
+    assert any("24 channels inside the window" in r for r in reports), reports

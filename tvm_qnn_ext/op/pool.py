@@ -125,13 +125,30 @@ def _geometry(call):
     return ty, layout, hw, k, s, p, out_dims
 
 
-def _window(x, layout, hw, k, s, p, n, c, oh, ow):
-    """Reduce axes, the input element of a window position and whether it is real."""
+def _unclipped(axis, hw, k, s, p, out_dims) -> bool:
+    """Whether every window lies inside the input along ``axis`` (0: height, 1: width)."""
+    out = int(out_dims[axis])
+    return p[axis] == 0 and (out - 1) * s[axis] + k[axis] <= hw[axis]
+
+
+def _out_hw(layout, out_dims) -> list:
+    return out_dims[1:3] if layout == "NHWC" else out_dims[2:4]
+
+
+def _window(x, layout, hw, k, s, p, out_dims, n, c, oh, ow):
+    """Reduce axes, the input element of a window position and whether it is real (bounds
+    are only tested along clipped axes: TVM does not prove the others true)."""
     rh = te.reduce_axis((0, k[0]), name="rh")
     rw = te.reduce_axis((0, k[1]), name="rw")
     ih = oh * s[0] - p[0] + rh
     iw = ow * s[1] - p[1] + rw
-    valid = tirx.all(ih >= 0, ih < hw[0], iw >= 0, iw < hw[1])
+    out_hw = _out_hw(layout, out_dims)
+    tests = [tirx.const(True, "bool")]
+    if not _unclipped(0, hw, k, s, p, out_hw):
+        tests += [ih >= 0, ih < hw[0]]
+    if not _unclipped(1, hw, k, s, p, out_hw):
+        tests += [iw >= 0, iw < hw[1]]
+    valid = tirx.all(*tests)
     load = x(n, ih, iw, c) if layout == "NHWC" else x(n, c, ih, iw)
     return [rh, rw], load, valid
 
@@ -143,17 +160,18 @@ def _by_layout(layout, fn):
     return lambda n, c, oh, ow: fn(n, c, oh, ow)
 
 
-def _count(call, layout, hw, k, s, p):
+def _count(call, hw, k, s, p, out_hw):
     if attr(call, "count_include_pad", False):
         return lambda oh, ow: fp._i64(k[0] * k[1])
 
-    def valid_count(oh, ow):
-        h0, w0 = oh * s[0] - p[0], ow * s[1] - p[1]
-        ch = tirx.min(h0 + k[0], hw[0]) - tirx.max(h0, 0)
-        cw = tirx.min(w0 + k[1], hw[1]) - tirx.max(w0, 0)
-        return (ch * cw).astype("int64")
+    def extent(o, axis):
+        # a constant where no window is clipped: the division by it becomes a multiply
+        if _unclipped(axis, hw, k, s, p, out_hw):
+            return fp._i64(k[axis])
+        start = o * s[axis] - p[axis]
+        return (tirx.min(start + k[axis], hw[axis]) - tirx.max(start, 0)).astype("int64")
 
-    return valid_count
+    return lambda oh, ow: extent(oh, 0) * extent(ow, 1)
 
 
 def _rounded_average(total, count, rounding):
@@ -184,11 +202,11 @@ class AvgPool2d:
         out_dtype = str(attr(call, "out_dtype") or ty.dtype)
         lo, hi = output_bounds(call, out_dtype)
         rounding = check_call_rounding(call)
-        count = _count(call, layout, hw, k, s, p)
+        count = _count(call, hw, k, s, p, _out_hw(layout, out_dims))
 
         def compute(x):
             def window_sum(n, c, oh, ow):
-                axes, load, valid = _window(x, layout, hw, k, s, p, n, c, oh, ow)
+                axes, load, valid = _window(x, layout, hw, k, s, p, out_dims, n, c, oh, ow)
                 value = tirx.if_then_else(valid, load.astype("int64"), fp._i64(0))
                 return te.sum(value, axis=axes)
 
@@ -221,7 +239,7 @@ class MaxPool2d:
 
         def compute(x):
             def window_max(n, c, oh, ow):
-                axes, load, valid = _window(x, layout, hw, k, s, p, n, c, oh, ow)
+                axes, load, valid = _window(x, layout, hw, k, s, p, out_dims, n, c, oh, ow)
                 return te.max(tirx.if_then_else(valid, load, tirx.min_value(dtype)), axis=axes)
 
             shape = x.shape[:1] + out_dims[1:]

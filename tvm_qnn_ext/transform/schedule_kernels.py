@@ -11,6 +11,7 @@ from ..target import (
 )
 from ..target.schedule import RuleContext, anchor_blocks, rules
 from ..target.schedules.elementwise import schedule_elementwise
+from ..target.schedules.reduction import schedule_reduction
 from .pipeline import pipeline_stage
 from .report import report
 
@@ -26,9 +27,11 @@ def schedule_kernels(mod: tvm.IRModule, ctx: RuleContext) -> tvm.IRModule:
         sch = s_tir.Schedule(tvm.IRModule({"main": func}))
         anchors = anchor_blocks(sch)
         if not anchors:
-            summary = schedule_elementwise(sch)
+            kind, summary = "elementwise", schedule_elementwise(sch)
+            if summary is None:
+                kind, summary = "reduction", schedule_reduction(sch)
             if summary:
-                report(STAGE, f"{gv.name_hint}: elementwise: {summary}")
+                report(STAGE, f"{gv.name_hint}: {kind}: {summary}")
                 scheduled[gv] = sch.mod["main"].with_attr(stack_buffers.ATTR, True)
             continue
         if len(anchors) > 1:
