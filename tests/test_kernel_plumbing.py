@@ -123,25 +123,32 @@ def test_flat_rows_only_where_it_saves_instructions():
     assert not use_flat_rows(geo(1, 1), 4)
 
 
-def test_elementwise_fallback_vectorizes_with_a_tail():
-    """A [49, 40] int8 requantize (1960 = 122 x 16 + 8): 16 lanes plus a scalar tail, exact."""
-    rng = np.random.default_rng(3)
-    x = rng.integers(-128, 128, (1, 49, 1, 40), dtype=np.int8)
+def _single_op_kernel(x, make):
+    """Compile ``make(x)`` through the qnn pipeline: its output, the schedule reports, the
+    scheduled module and the executable."""
     bb = relax.BlockBuilder()
-    xv = relax.Var("x", relax.TensorType(x.shape, "int8"))
+    xv = relax.Var("x", relax.TensorType(x.shape, str(x.dtype)))
     with bb.function("main", [xv]):
         with bb.dataflow():
-            y = bb.emit_output(op.requantize(xv, 0.031, 3, 0.017, -9, "int8"))
+            y = bb.emit_output(make(xv))
         bb.emit_func_output(y)
     target = resolve_target("native")
     mod, results = run_stages(relax.transform.ConvertToDataflow()(bb.get()), target, trace=True)
-    reports = [str(e) for r in results for e in r.reports]
+    ex = tvm.compile(mod, target, relax_pipeline=relax.get_pipeline("default"))
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    return got, [str(e) for r in results for e in r.reports], mod, ex
+
+
+def test_elementwise_fallback_vectorizes_with_a_tail():
+    """A [49, 40] int8 requantize (1960 = 122 x 16 + 8): 16 lanes plus a scalar tail, exact."""
+    x = np.random.default_rng(3).integers(-128, 128, (1, 49, 1, 40), dtype=np.int8)
+    got, reports, mod, _ = _single_op_kernel(
+        x, lambda v: op.requantize(v, 0.031, 3, 0.017, -9, "int8")
+    )
     assert any("122x16 lanes + 8 scalar" in r for r in reports), reports
     kernel = next(f for f in mod.functions.values() if isinstance(f, tirx.PrimFunc))
     assert stack_buffers.ATTR in kernel.attrs
     assert "T.vectorized(T.int64(16))" in kernel.script()
-    ex = tvm.compile(mod, target, relax_pipeline=relax.get_pipeline("default"))
-    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_array_equal(got, requantize(x, 0.031, 3, 0.017, -9, "int8"))
 
 
@@ -173,38 +180,15 @@ def test_epilogue_vectorized_with_remainder(channels):
 def test_elementwise_fallback_flattens_two_dimensions_without_gathers():
     """A [1, 12, 10, 24] requantize runs as 12 rows of 240 contiguous lanes: flattened whole,
     TVM left per-lane index arithmetic and byte gathers (vpinsrb) in the vector loop."""
-    rng = np.random.default_rng(4)
-    x = rng.integers(-128, 128, (1, 12, 10, 24), dtype=np.int8)
-    bb = relax.BlockBuilder()
-    xv = relax.Var("x", relax.TensorType(x.shape, "int8"))
-    with bb.function("main", [xv]):
-        with bb.dataflow():
-            y = bb.emit_output(op.requantize(xv, 0.031, 3, 0.017, -9, "int8"))
-        bb.emit_func_output(y)
-    target = resolve_target("native")
-    mod, results = run_stages(relax.transform.ConvertToDataflow()(bb.get()), target, trace=True)
-    reports = [str(e) for r in results for e in r.reports]
+    x = np.random.default_rng(4).integers(-128, 128, (1, 12, 10, 24), dtype=np.int8)
+    got, reports, _, ex = _single_op_kernel(
+        x, lambda v: op.requantize(v, 0.031, 3, 0.017, -9, "int8")
+    )
     assert any("12 rows of 15x16 lanes" in r for r in reports), reports
-    ex = tvm.compile(mod, target, relax_pipeline=relax.get_pipeline("default"))
     if detect_cpu().arch == "x86_64":
         asm = assembly(ex)
         assert count_instruction(asm, "vpinsrb") == 0 and count_instruction(asm, "vpextrb") == 0
-    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_array_equal(got, requantize(x, 0.031, 3, 0.017, -9, "int8"))
-
-
-def _single_op_kernel(x, make):
-    bb = relax.BlockBuilder()
-    xv = relax.Var("x", relax.TensorType(x.shape, str(x.dtype)))
-    with bb.function("main", [xv]):
-        with bb.dataflow():
-            y = bb.emit_output(make(xv))
-        bb.emit_func_output(y)
-    target = resolve_target("native")
-    mod, results = run_stages(relax.transform.ConvertToDataflow()(bb.get()), target, trace=True)
-    ex = tvm.compile(mod, target, relax_pipeline=relax.get_pipeline("default"))
-    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
-    return got, [str(e) for r in results for e in r.reports]
 
 
 _POOL = dict(pool_size=(2, 3), strides=(2, 2))
@@ -222,6 +206,6 @@ def test_reductions_run_channels_inside_the_window(name, padding):
     per-output step fused per position; exact against the numpy reference, padded or not."""
     x = np.random.default_rng(7).integers(-128, 128, (1, 11, 13, 24), dtype=np.int8)
     kw = dict(_MEAN) if name == "mean" else dict(_POOL, padding=padding)
-    got, reports = _single_op_kernel(x, lambda v: getattr(op, name)(v, **kw))
+    got, reports, _, _ = _single_op_kernel(x, lambda v: getattr(op, name)(v, **kw))
     np.testing.assert_array_equal(got, getattr(ref_pool, name)(x, **kw))
     assert any("24 channels inside the window" in r for r in reports), reports
