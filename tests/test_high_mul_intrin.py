@@ -16,10 +16,10 @@ from tvm_qnn_ext.target.asm import assembly, count_instruction
 N = 1024
 
 
-def _build(lanes: int, target):
+def _build(lanes: int, target, shift: int = 31):
     x = te.placeholder((N,), "int32", name="x")
     m = te.placeholder((N,), "int32", name="m")
-    y = te.compute((N,), lambda i: high_mul_call(x[i], m[i]), name="y")
+    y = te.compute((N,), lambda i: high_mul_call(x[i], m[i], shift), name="y")
     sch = s_tir.Schedule(te.create_prim_func([x, m, y]))
     if lanes > 1:
         (loop,) = sch.get_loops(sch.get_sblock("y"))
@@ -46,6 +46,24 @@ def test_high_mul_matches_numpy_at_every_width(lanes):
     lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(m), out)
     expected = gemmlowp_high_mul(x.astype(np.int64), m.astype(np.int64))  # its own nudge form
     np.testing.assert_array_equal(out.numpy(), expected)
+
+
+@pytest.mark.parametrize("lanes", [16, 1])
+@pytest.mark.parametrize("shift", [32, 33, 45, 62])
+def test_wider_shifts_match_numpy(lanes, shift):
+    """The single-rounding form (LiteRT's int8 ADD input rescale): (x m + 2^(t-1)) >> t."""
+    lib = _build(lanes, resolve_target("native"), shift)
+    x, m = _operands(shift)
+    out = tvm.runtime.tensor(np.zeros(N, np.int32))
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(m), out)
+    prod = x.astype(np.int64) * m.astype(np.int64)
+    expected = (prod + (np.int64(1) << (shift - 1))) >> shift  # numpy's >> floors
+    np.testing.assert_array_equal(out.numpy(), expected.astype(np.int32))
+
+
+def test_shift_outside_the_int32_result_range_is_refused():
+    with pytest.raises(ValueError, match="outside"):
+        high_mul_call(tvm.tirx.const(1, "int32"), tvm.tirx.const(1, "int32"), 30)
 
 
 @pytest.mark.skipif(not detect_cpu().has("avx512bw"), reason="needs AVX512 (zmm) on this CPU")

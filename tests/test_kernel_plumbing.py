@@ -13,6 +13,7 @@ from tvm import relax, tirx
 from tvm_qnn_ext import op
 from tvm_qnn_ext.op.packed_dot import use_flat_rows
 from tvm_qnn_ext.quantization import conv as ref
+from tvm_qnn_ext.quantization import elementwise as ref_elementwise
 from tvm_qnn_ext.quantization import pool as ref_pool
 from tvm_qnn_ext.quantization import requantize
 from tvm_qnn_ext.target import detect_cpu, resolve_target, stack_buffers
@@ -209,3 +210,21 @@ def test_reductions_run_channels_inside_the_window(name, padding):
     got, reports, _, _ = _single_op_kernel(x, lambda v: getattr(op, name)(v, **kw))
     np.testing.assert_array_equal(got, getattr(ref_pool, name)(x, **kw))
     assert any("24 channels inside the window" in r for r in reports), reports
+
+
+@pytest.mark.parametrize("dtype, zps", [("int8", (-3, 5, -7)), ("uint8", (131, 120, 128))])
+def test_litert_add_runs_on_int32_lanes(dtype, zps):
+    """LiteRT's ADD (SIMD loops and scalar tail, 1000 = 62 x 16 + 8 elements) on int32 lanes:
+    no int64 arithmetic left in the kernel, exact against the numpy reference."""
+    rng = np.random.default_rng(8)
+    lo, hi = (-128, 128) if dtype == "int8" else (0, 256)
+    x = rng.integers(lo, hi, (1, 10, 4, 25)).astype(dtype)
+    y = rng.integers(lo, hi, (1, 10, 4, 25)).astype(dtype)
+    kw = dict(lhs_scale=0.031, lhs_zero_point=zps[0], rhs_scale=0.047, rhs_zero_point=zps[1],
+              output_scale=0.052, output_zero_point=zps[2], out_dtype=dtype)  # fmt: skip
+    got, _, mod, _ = _single_op_kernel(
+        x, lambda v: op.add(v, relax.const(y), **kw, litert_simd=True)
+    )
+    kernel = next(f for f in mod.functions.values() if isinstance(f, tirx.PrimFunc))
+    assert 'T.Cast("int64"' not in kernel.script()
+    np.testing.assert_array_equal(got, ref_elementwise.add(x, y, **kw, litert_simd=True))

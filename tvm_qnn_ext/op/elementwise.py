@@ -22,7 +22,7 @@ import numpy as np
 from tvm import relax, te, tirx
 from tvm.ir.expr import Expr as PrimExpr
 
-from ..quantization import INTEGER_MODES, check_rounding, quantize_multiplier
+from ..quantization import INTEGER_MODES, check_rounding, dtype_range, quantize_multiplier
 from ..quantization import elementwise as ref
 from . import fixed_point_te as fp
 from .common import attr, expect_dtype, op_name, scales, tensor_type, zero_points
@@ -339,6 +339,47 @@ def _arith(kind: str, v: dict, where: str):
     return flt
 
 
+def _tflite_add_sub_i32(kind: str, v: dict):
+    """TFLite's ADD/SUB on int32 lanes, the width TFLite itself computes in; None where the
+    int64 form of :func:`_arith` is needed (other modes, a left-shifting input rescale).
+
+    Every intermediate fits: an input shifted left by 20 (15 for int16) stays below 2^29, the
+    input rescales never shift left, so their single-rounding SIMD form cannot saturate."""
+    if kind not in ("add", "subtract") or v["rounding"] != "tflite":
+        return None
+    if v["in_dtype"] not in ("int8", "uint8", "int16"):
+        return None
+    p = ref.tflite_add_sub_params(v["s1"], v["s2"], v["so"], v["in_dtype"], "tflite")
+    if p.lhs_shift > 0 or p.rhs_shift > 0:
+        return None
+    lo, hi = dtype_range(v["in_dtype"])
+    reach = max(max(abs(lo - z), abs(hi - z)) for z in (v["z1"], v["z2"]))
+    if reach << p.left_shift >= 1 << 31:  # e.g. int16 with a zero point: keep int64
+        return None
+    mbqm = fp.multiply_by_quantized_multiplier_i32
+    left = tirx.const(p.left_shift, "int32")
+
+    def rescale(x, m, s, simd):
+        shifted = x << left
+        y = mbqm(shifted, m, s, "tflite")
+        if simd is None:
+            return y
+        pred, loop = simd
+        if v["in_dtype"] == "int8" and loop == "elementwise":
+            fast = fp.mul_shift_round(shifted, m, 31 - s)
+        else:  # SRDHM (ties away from zero), then an arithmetic right shift
+            fast = fp.high_mul(shifted, m) >> tirx.const(-s, "int32")
+        return tirx.Select(pred, fast, y)
+
+    def tfl(a, b, simd=None):
+        a1 = rescale(a, p.lhs_multiplier, p.lhs_shift, simd)
+        b1 = rescale(b, p.rhs_multiplier, p.rhs_shift, simd)
+        total = a1 + b1 if kind == "add" else a1 - b1
+        return mbqm(total, p.out_multiplier, p.out_shift, "tflite")
+
+    return tfl
+
+
 def _round_f32(y: PrimExpr) -> PrimExpr:
     big = tirx.const(2.0**40, "float32")
     r = fp.round_half_even_f32(y)
@@ -368,9 +409,19 @@ def _legalize(kind: str):
     def legalize(bb, call):
         v = _values(call)
         f = _arith(kind, v, op_name(call))
+        f32 = _tflite_add_sub_i32(kind, v)
+
+        def elem_i32(a, b, idx):
+            xa = a(*broadcast_index(idx, a.shape)).astype("int32") - fp._i32(v["z1"])
+            xb = b(*broadcast_index(idx, b.shape)).astype("int32") - fp._i32(v["z2"])
+            simd = _simd_predicate(call, idx)
+            y = f32(xa, xb) if simd is None else f32(xa, xb, simd)
+            return fp.add_zero_point_clamp_cast(y, v["zo"], v["lo"], v["hi"], v["out_dtype"])
 
         def compute(a, b):
             def elem(*idx):
+                if f32 is not None:
+                    return elem_i32(a, b, idx)
                 xa = a(*broadcast_index(idx, a.shape)).astype("int64") - fp._i64(v["z1"])
                 xb = b(*broadcast_index(idx, b.shape)).astype("int64") - fp._i64(v["z2"])
                 simd = _simd_predicate(call, idx)

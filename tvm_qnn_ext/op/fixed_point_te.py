@@ -49,6 +49,13 @@ def high_mul(x: PrimExpr, multiplier) -> PrimExpr:
     return high_mul_call(_i32(x), _i32(multiplier))
 
 
+def mul_shift_round(x: PrimExpr, multiplier, shift: int) -> PrimExpr:
+    """``(x * m + 2^(shift-1)) >> shift`` (floor) for int32 ``x``, ``m >= 0`` and a constant
+    ``31 <= shift <= 62``, as int32: TFLite's single rounding without a left shift, which then
+    never saturates."""
+    return high_mul_call(_i32(x), _i32(multiplier), shift)
+
+
 def rounding_shift_right(x: PrimExpr, exponent, ties_up=None) -> PrimExpr:
     """TFLite's RoundingDivideByPOT on int32 (ties away from zero), never overflowing.
 
