@@ -228,3 +228,34 @@ def test_litert_add_runs_on_int32_lanes(dtype, zps):
     kernel = next(f for f in mod.functions.values() if isinstance(f, tirx.PrimFunc))
     assert 'T.Cast("int64"' not in kernel.script()
     np.testing.assert_array_equal(got, ref_elementwise.add(x, y, **kw, litert_simd=True))
+
+
+def _reduction_kernel(two_inputs: bool, bool_step: bool):
+    from tvm import s_tir, te
+
+    a = te.placeholder((6, 5, 8), "int8", name="a")
+    b = te.placeholder((6, 5, 8), "int8", name="b")
+    k = te.reduce_axis((0, 5), name="k")
+
+    def term(i, c):
+        v = a[i, k, c].astype("int32")
+        return v * b[i, k, c].astype("int32") if two_inputs else v
+
+    total = te.compute((6, 8), lambda i, c: te.sum(term(i, c), axis=k), name="total")
+    out = total
+    if bool_step:
+        positive = te.compute((6, 8), lambda i, c: total[i, c] > 0, name="positive")
+        out = te.compute((6, 8), lambda i, c: tvm.tirx.Select(positive[i, c], 1, 0), name="out")
+    return s_tir.Schedule(te.create_prim_func([a, b, out]))
+
+
+def test_reduction_rule_takes_window_reductions_only():
+    """A dot product over two inputs (a portable conv) and kernels with bool intermediates
+    (TVM's codegen mixes i1 and i8 lanes when they are vectorized) are left alone."""
+    from tvm_qnn_ext.target.schedules.reduction import schedule_reduction
+
+    assert schedule_reduction(_reduction_kernel(False, False)) == (
+        "total: 8 channels inside the window"
+    )
+    assert schedule_reduction(_reduction_kernel(True, False)) is None
+    assert schedule_reduction(_reduction_kernel(False, True)) is None

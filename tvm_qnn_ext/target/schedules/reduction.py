@@ -22,8 +22,11 @@ def schedule_reduction(sch: s_tir.Schedule) -> str | None:
     """Schedule every top-level block of a kernel with outer-axis reductions; a summary, or
     None when the kernel is not of that form (nothing is changed then)."""
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    if not any(_reduces(sch, b) for b in blocks):
-        return None
+    reductions = [b for b in blocks if _reduces(sch, b)]
+    if not reductions or not all(_reads_one_tensor(sch, b) for b in reductions):
+        return None  # e.g. a portable (unannotated) conv: its dot product reads two
+    if _has_bool_buffer(sch):
+        return None  # TVM's LLVM codegen mixes i1 and i8 lanes in vectorized bool logic
     trial = sch.copy()
     try:
         done = _schedule_blocks(trial, [trial.get_sblock(sch.get(b).name_hint) for b in blocks])
@@ -59,6 +62,21 @@ def _schedule_blocks(sch: s_tir.Schedule, blocks: list[SBlockRV]) -> str | None:
     for name in vectorize:
         vectorize_channels(sch, sch.get_sblock(name), 16)
     return ", ".join(summaries)
+
+
+def _reads_one_tensor(sch: s_tir.Schedule, block: SBlockRV) -> bool:
+    """A window reduction (sum, max) reads one input besides its own accumulator."""
+    stmt = sch.get(block)
+    written = {w.source.name for w in stmt.writes}
+    return len({r.source.name for r in stmt.reads} - written) == 1
+
+
+def _has_bool_buffer(sch: s_tir.Schedule) -> bool:
+    func = sch.mod["main"]
+    buffers = list(func.params) + list(sch.get(sch.get_sblock("root")).alloc_buffers)
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        buffers += [w.source for w in sch.get(block).writes]
+    return any(str(b.dtype) == "bool" for b in buffers if hasattr(b, "dtype"))
 
 
 def _iter_types(sch: s_tir.Schedule, block: SBlockRV) -> list[int]:
