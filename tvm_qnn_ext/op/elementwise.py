@@ -260,6 +260,9 @@ def _out_te_shape(a: te.Tensor, b: te.Tensor) -> list:
     return [db if _is_one(da) else da for da, db in zip(sa, sb, strict=True)]
 
 
+I32, I64 = "int32", "int64"
+
+
 def _float_const(v) -> PrimExpr:
     return tirx.const(float(np.float32(v)), "float32")
 
@@ -272,7 +275,8 @@ def _multiplier(real: float, rounding: str, where: str) -> tuple[int, int]:
 
 
 def _arith(kind: str, v: dict, where: str):
-    """The per-element formula of each mode on centered int64 operands.  Multipliers are
+    """The per-element formula of each mode and the integer type of the centered operands it
+    takes (int64, or int32 for TFLite's ADD/SUB where everything fits).  Multipliers are
     computed here, eagerly, so type inference reports unusable scales."""
     r = v["rounding"]
     mbqm = fp.multiply_by_quantized_multiplier
@@ -282,7 +286,10 @@ def _arith(kind: str, v: dict, where: str):
         real1, real2 = ref.tflite_prelu_multipliers(v["s1"], v["s2"], v["so"])
         m1, s1 = _multiplier(real1, r, where)
         m2, s2 = _multiplier(real2, r, where)
-        return lambda a, b: tirx.Select(a >= fp._i64(0), mbqm(a, m1, s1, r), mbqm(a * b, m2, s2, r))
+        return (
+            lambda a, b: tirx.Select(a >= fp._i64(0), mbqm(a, m1, s1, r), mbqm(a * b, m2, s2, r)),
+            I64,
+        )
     if kind == "multiply":
         if r in INTEGER_MODES:
             if r in ("tflite", "tflite_single"):
@@ -290,9 +297,9 @@ def _arith(kind: str, v: dict, where: str):
             else:
                 real = ref.relay_mul_multiplier(v["s1"], v["s2"], v["so"])
             m, s = _multiplier(real, r, where)
-            return lambda a, b: mbqm(a * b, m, s, r)
+            return (lambda a, b: mbqm(a * b, m, s, r)), I64
         mult = _float_const(ref.torch_mul_multiplier(v["s1"], v["s2"], v["so"]))
-        return lambda a, b: _round_f32((a * b).astype("float32") * mult)
+        return (lambda a, b: _round_f32((a * b).astype("float32") * mult)), I64
 
     sign = 1 if kind == "add" else -1
     if r in ("tflite", "tflite_single"):
@@ -300,26 +307,7 @@ def _arith(kind: str, v: dict, where: str):
             p = ref.tflite_add_sub_params(v["s1"], v["s2"], v["so"], v["in_dtype"], r)
         except ValueError as e:
             raise QnnTypeError(f"{where}: {e}") from None
-        ls = fp._i64(p.left_shift)
-
-        def rescale(x, m, s, simd):
-            y = mbqm(x << ls, m, s, r)
-            if simd is None:
-                return y
-            pred, kind = simd
-            if v["in_dtype"] == "int8" and kind == "elementwise":
-                fast = mbqm(x << ls, m, s, "tflite_single")
-            else:  # SRDHM (ties away from zero), then an arithmetic right shift
-                fast = ((x << ls) * fp._i64(m) + fp._i64(1 << 30)) >> fp._i64(31)
-                fast = fast >> fp._i64(max(-s, 0))
-            return tirx.Select(pred, fast, y)
-
-        def tfl(a, b, simd=None):
-            a1 = rescale(a, p.lhs_multiplier, p.lhs_shift, simd)
-            b1 = rescale(b, p.rhs_multiplier, p.rhs_shift, simd)
-            return mbqm(a1 + b1 if sign > 0 else a1 - b1, p.out_multiplier, p.out_shift, r)
-
-        return tfl
+        return _tflite_add_sub(kind, v, p)
     if r in INTEGER_MODES:
         m1, s1 = _multiplier(v["s1"] / v["so"], r, where)
         m2, s2 = _multiplier(v["s2"] / v["so"], r, where)
@@ -328,7 +316,7 @@ def _arith(kind: str, v: dict, where: str):
             a1, b1 = mbqm(a, m1, s1, r), mbqm(b, m2, s2, r)
             return a1 + b1 if sign > 0 else a1 - b1
 
-        return relay
+        return relay, I64
     f1, f2 = _float_const(v["s1"]), _float_const(v["s2"])
     inv = _float_const(np.float32(1.0) / np.float32(v["so"]))
 
@@ -336,48 +324,62 @@ def _arith(kind: str, v: dict, where: str):
         da, db = a.astype("float32") * f1, b.astype("float32") * f2
         return _round_f32((da + db if sign > 0 else da - db) * inv)
 
-    return flt
+    return flt, I64
 
 
-def _tflite_add_sub_i32(kind: str, v: dict):
-    """TFLite's ADD/SUB on int32 lanes, the width TFLite itself computes in; None where the
-    int64 form of :func:`_arith` is needed (other modes, a left-shifting input rescale).
-
-    Every intermediate fits: an input shifted left by 20 (15 for int16) stays below 2^29, the
-    input rescales never shift left, so their single-rounding SIMD form cannot saturate."""
-    if kind not in ("add", "subtract") or v["rounding"] != "tflite":
-        return None
-    if v["in_dtype"] not in ("int8", "uint8", "int16"):
-        return None
-    p = ref.tflite_add_sub_params(v["s1"], v["s2"], v["so"], v["in_dtype"], "tflite")
+def _fits_int32(v: dict, p) -> bool:
+    """Whether TFLite's ADD/SUB can run on int32 lanes, the width TFLite itself computes in:
+    an input shifted left by 20 (15 for int16) stays in int32 and the input rescales never
+    shift left, so their single-rounding SIMD form cannot saturate."""
+    if v["rounding"] != "tflite" or v["in_dtype"] not in ("int8", "uint8", "int16"):
+        return False
     if p.lhs_shift > 0 or p.rhs_shift > 0:
-        return None
+        return False
     lo, hi = dtype_range(v["in_dtype"])
     reach = max(max(abs(lo - z), abs(hi - z)) for z in (v["z1"], v["z2"]))
-    if reach << p.left_shift >= 1 << 31:  # e.g. int16 with a zero point: keep int64
-        return None
-    mbqm = fp.multiply_by_quantized_multiplier_i32
-    left = tirx.const(p.left_shift, "int32")
+    return reach << p.left_shift < 1 << 31  # not e.g. int16 with a zero point
+
+
+def _tflite_add_sub(kind: str, v: dict, p):
+    """TFLite's ADD/SUB (LiteRT's SIMD-loop rescales where ``simd`` is given), on int32 lanes
+    where :func:`_fits_int32`, else on int64."""
+    r = v["rounding"]
+    narrow = _fits_int32(v, p)
+    lane = I32 if narrow else I64
+    mbqm = fp.multiply_by_quantized_multiplier
+    if narrow:
+        mbqm = fp.multiply_by_quantized_multiplier_i32
+    left = fp._as(p.left_shift, lane)
+
+    def single_rounding(x, m, s):
+        if narrow:
+            return fp.mul_shift_round(x, m, 31 - s)
+        return fp.multiply_by_quantized_multiplier(x, m, s, "tflite_single")
+
+    def high_mul_shift(x, m, s):  # SRDHM (ties away from zero), then an arithmetic right shift
+        if narrow:
+            return fp.high_mul(x, m) >> fp._as(-s, I32)
+        high = (x * fp._i64(m) + fp._i64(1 << 30)) >> fp._i64(31)
+        return high >> fp._i64(max(-s, 0))
 
     def rescale(x, m, s, simd):
         shifted = x << left
-        y = mbqm(shifted, m, s, "tflite")
+        y = mbqm(shifted, m, s, r)
         if simd is None:
             return y
         pred, loop = simd
         if v["in_dtype"] == "int8" and loop == "elementwise":
-            fast = fp.mul_shift_round(shifted, m, 31 - s)
-        else:  # SRDHM (ties away from zero), then an arithmetic right shift
-            fast = fp.high_mul(shifted, m) >> tirx.const(-s, "int32")
+            fast = single_rounding(shifted, m, s)
+        else:
+            fast = high_mul_shift(shifted, m, s)
         return tirx.Select(pred, fast, y)
 
     def tfl(a, b, simd=None):
         a1 = rescale(a, p.lhs_multiplier, p.lhs_shift, simd)
         b1 = rescale(b, p.rhs_multiplier, p.rhs_shift, simd)
-        total = a1 + b1 if kind == "add" else a1 - b1
-        return mbqm(total, p.out_multiplier, p.out_shift, "tflite")
+        return mbqm(a1 + b1 if kind == "add" else a1 - b1, p.out_multiplier, p.out_shift, r)
 
-    return tfl
+    return tfl, lane
 
 
 def _round_f32(y: PrimExpr) -> PrimExpr:
@@ -408,25 +410,15 @@ def _simd_predicate(call, idx):
 def _legalize(kind: str):
     def legalize(bb, call):
         v = _values(call)
-        f = _arith(kind, v, op_name(call))
-        f32 = _tflite_add_sub_i32(kind, v)
-
-        def elem_i32(a, b, idx):
-            xa = a(*broadcast_index(idx, a.shape)).astype("int32") - fp._i32(v["z1"])
-            xb = b(*broadcast_index(idx, b.shape)).astype("int32") - fp._i32(v["z2"])
-            simd = _simd_predicate(call, idx)
-            y = f32(xa, xb) if simd is None else f32(xa, xb, simd)
-            return fp.add_zero_point_clamp_cast(y, v["zo"], v["lo"], v["hi"], v["out_dtype"])
+        f, lane = _arith(kind, v, op_name(call))
 
         def compute(a, b):
             def elem(*idx):
-                if f32 is not None:
-                    return elem_i32(a, b, idx)
-                xa = a(*broadcast_index(idx, a.shape)).astype("int64") - fp._i64(v["z1"])
-                xb = b(*broadcast_index(idx, b.shape)).astype("int64") - fp._i64(v["z2"])
+                xa = a(*broadcast_index(idx, a.shape)).astype(lane) - fp._as(v["z1"], lane)
+                xb = b(*broadcast_index(idx, b.shape)).astype(lane) - fp._as(v["z2"], lane)
                 simd = _simd_predicate(call, idx)
-                y = (f(xa, xb) if simd is None else f(xa, xb, simd)) + fp._i64(v["zo"])
-                return fp.clamp_cast(y, v["lo"], v["hi"], v["out_dtype"])
+                y = f(xa, xb) if simd is None else f(xa, xb, simd)
+                return fp.add_zero_point_clamp_cast(y, v["zo"], v["lo"], v["hi"], v["out_dtype"])
 
             return te.compute(_out_te_shape(a, b), elem, name=kind)
 
