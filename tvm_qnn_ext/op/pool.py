@@ -125,9 +125,9 @@ def _geometry(call):
     return ty, layout, hw, k, s, p, out_dims
 
 
-def _unclipped(axis, hw, k, s, p, out_dims) -> bool:
+def _unclipped(axis, hw, k, s, p, out_hw) -> bool:
     """Whether every window lies inside the input along ``axis`` (0: height, 1: width)."""
-    out = int(out_dims[axis])
+    out = int(out_hw[axis])
     return p[axis] == 0 and (out - 1) * s[axis] + k[axis] <= hw[axis]
 
 
@@ -135,14 +135,13 @@ def _out_hw(layout, out_dims) -> list:
     return out_dims[1:3] if layout == "NHWC" else out_dims[2:4]
 
 
-def _window(x, layout, hw, k, s, p, out_dims, n, c, oh, ow):
+def _window(x, layout, hw, k, s, p, out_hw, n, c, oh, ow):
     """Reduce axes, the input element of a window position and whether it is real (bounds
     are only tested along clipped axes: TVM does not prove the others true)."""
     rh = te.reduce_axis((0, k[0]), name="rh")
     rw = te.reduce_axis((0, k[1]), name="rw")
     ih = oh * s[0] - p[0] + rh
     iw = ow * s[1] - p[1] + rw
-    out_hw = _out_hw(layout, out_dims)
     tests = [tirx.const(True, "bool")]
     if not _unclipped(0, hw, k, s, p, out_hw):
         tests += [ih >= 0, ih < hw[0]]
@@ -202,11 +201,12 @@ class AvgPool2d:
         out_dtype = str(attr(call, "out_dtype") or ty.dtype)
         lo, hi = output_bounds(call, out_dtype)
         rounding = check_call_rounding(call)
-        count = _count(call, hw, k, s, p, _out_hw(layout, out_dims))
+        out_hw = _out_hw(layout, out_dims)
+        count = _count(call, hw, k, s, p, out_hw)
 
         def compute(x):
             def window_sum(n, c, oh, ow):
-                axes, load, valid = _window(x, layout, hw, k, s, p, out_dims, n, c, oh, ow)
+                axes, load, valid = _window(x, layout, hw, k, s, p, out_hw, n, c, oh, ow)
                 value = tirx.if_then_else(valid, load.astype("int64"), fp._i64(0))
                 return te.sum(value, axis=axes)
 
@@ -234,12 +234,13 @@ class MaxPool2d:
     @staticmethod
     def legalize(bb, call):
         ty, layout, hw, k, s, p, out_dims = _geometry(call)
+        out_hw = _out_hw(layout, out_dims)
         dtype = str(ty.dtype)
         lo, hi = output_bounds(call, dtype)
 
         def compute(x):
             def window_max(n, c, oh, ow):
-                axes, load, valid = _window(x, layout, hw, k, s, p, out_dims, n, c, oh, ow)
+                axes, load, valid = _window(x, layout, hw, k, s, p, out_hw, n, c, oh, ow)
                 return te.max(tirx.if_then_else(valid, load, tirx.min_value(dtype)), axis=axes)
 
             shape = x.shape[:1] + out_dims[1:]

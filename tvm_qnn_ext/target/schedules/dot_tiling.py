@@ -111,7 +111,7 @@ def vectorize_channels(sch: s_tir.Schedule, block: SBlockRV, lanes: int) -> None
     sch.vectorize(sch.split(loop, [None, lanes])[1])
 
 
-def _is_reduction(sch: s_tir.Schedule, block: SBlockRV) -> bool:
+def is_reduction(sch: s_tir.Schedule, block: SBlockRV) -> bool:
     return any(int(iv.iter_type) != 0 for iv in sch.get(block).iter_vars)
 
 
@@ -130,8 +130,8 @@ def schedule_dot_kernel(
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     names = [sch.get(b).name_hint for b in blocks]
     at = names.index(sch.get(anchor).name_hint)
-    sums = [b for b in blocks[at + 1 :] if _is_reduction(sch, b)]
-    epilogue = [b for b in blocks[at + 1 :] if not _is_reduction(sch, b)]
+    sums = [b for b in blocks[at + 1 :] if is_reduction(sch, b)]
+    epilogue = [b for b in blocks[at + 1 :] if not is_reduction(sch, b)]
     for b in epilogue[:-1]:
         sch.compute_inline(b)
     for b in blocks[:at] + sums + (epilogue[-1:] if sums else []):
@@ -162,7 +162,7 @@ def _parallel(sch: s_tir.Schedule, block: SBlockRV) -> None:
     if len(loops) < 2:
         return
     small = loop_volume(sch, loops) < PARALLEL_MIN_ELEMENTS
-    if not _is_reduction(sch, block):
+    if not is_reduction(sch, block):
         if not small:
             sch.parallel(sch.fuse(*loops[:-1]))
         vectorize_channels(sch, block, 16)  # last: it may split the block in two

@@ -13,7 +13,7 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.s_tir.schedule import SBlockRV, ScheduleError
 
-from .dot_tiling import PARALLEL_MIN_ELEMENTS, loop_volume, vectorize_channels
+from .dot_tiling import PARALLEL_MIN_ELEMENTS, is_reduction, loop_volume, vectorize_channels
 
 MAX_VECTOR = 64
 
@@ -22,7 +22,7 @@ def schedule_reduction(sch: s_tir.Schedule) -> str | None:
     """Schedule every top-level block of a kernel with outer-axis reductions; a summary, or
     None when the kernel is not of that form (nothing is changed then)."""
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    reductions = [b for b in blocks if _reduces(sch, b)]
+    reductions = [b for b in blocks if is_reduction(sch, b)]
     if not reductions or not all(_reads_one_tensor(sch, b) for b in reductions):
         return None  # e.g. a portable (unannotated) conv: its dot product reads two
     if _has_bool_buffer(sch):
@@ -42,7 +42,7 @@ def _schedule_blocks(sch: s_tir.Schedule, blocks: list[SBlockRV]) -> str | None:
     never leave registers; anything else block by block.  Vectorizing may split a block in
     two (a 16-lane body and a remainder), so it comes last, each block fetched by name."""
     names = [sch.get(b).name_hint for b in blocks]
-    pair = len(blocks) == 2 and _reduces(sch, blocks[0]) and not _reduces(sch, blocks[1])
+    pair = len(blocks) == 2 and is_reduction(sch, blocks[0]) and not is_reduction(sch, blocks[1])
     if pair:
         spatial = [int(iv.dom.extent) for iv in sch.get(blocks[0]).iter_vars if iv.iter_type == 0]
         pair = [int(iv.dom.extent) for iv in sch.get(blocks[1]).iter_vars] == spatial
@@ -81,10 +81,6 @@ def _has_bool_buffer(sch: s_tir.Schedule) -> bool:
 
 def _iter_types(sch: s_tir.Schedule, block: SBlockRV) -> list[int]:
     return [int(iv.iter_type) for iv in sch.get(block).iter_vars]
-
-
-def _reduces(sch: s_tir.Schedule, block: SBlockRV) -> bool:
-    return any(t != 0 for t in _iter_types(sch, block))
 
 
 def _schedule_block(sch: s_tir.Schedule, block: SBlockRV) -> tuple[str, list[str]] | None:
