@@ -127,17 +127,20 @@ PACKED_TARGETS = {
 
 def _packed_case(rng, i: int, lanes: int) -> Case:
     """Random NHWC depthwise cases the packed form takes: constant weights whose zero point
-    folds into int8, channels a multiple of the vector width; kernels of 1 to 4+ rows (one or
-    two packed groups), strides, dilations, odd and even output heights (two rows per packed
-    word or one), asymmetric padding, int8/uint8 activations."""
+    folds into int8, channels a multiple of the vector width (or of 8, padded to it); kernels
+    of 1 to 9 rows (one to three packed groups), strides, dilations, odd and even output
+    heights (two output rows per packed word, one, or every input row packed once),
+    asymmetric padding, int8/uint8 activations."""
     c = lanes * int(rng.integers(1, 4))
     if lanes == 16 and i % 6 == 5:  # a multiple of 8 only: AVX512-VL's ymm vpdpbusd
         c = 8 * int(rng.choice([1, 3, 5]))
-    kh, kw = int(rng.choice([1, 2, 3, 3, 5, 7])), int(rng.choice([1, 3, 3, 4]))
+    if i % 7 == 6:  # padded to whole 16-lane registers where the lanes do not divide them
+        c = 8 * int(rng.choice([7, 15]))
+    kh, kw = int(rng.choice([1, 2, 3, 3, 5, 7, 9, 9])), int(rng.choice([1, 3, 3, 4]))
     strides = (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
     dilation = (1, 1) if i % 3 else (int(rng.integers(1, 3)), 2)
     padding = tuple(int(v) for v in rng.integers(0, 3, 4))
-    h = int(rng.integers(dilation[0] * (kh - 1) + 1, 15))
+    h = int(rng.integers(dilation[0] * (kh - 1) + 1, max(15, dilation[0] * (kh - 1) + 8)))
     w = int(rng.integers(dilation[1] * (kw - 1) + 1, 15))
     dx = ("int8", "uint8")[i % 2]
     if i % 4 == 3:  # uint8 weights around a zero point, folded into int8
@@ -208,6 +211,8 @@ def test_packed_depthwise_matches_reference(variant):
     assert lanes == 8 or any(f"{kind} x8 lanes" in m for m in packed)
     assert any("per 2 output row(s)" in m for m in packed)
     assert any("per 1 output row(s)" in m for m in packed)
+    assert any("per input row" in m for m in packed)
+    assert lanes == 8 or any("channels padded to" in m for m in packed)
     executable = tvm.compile(mod, target, relax_pipeline="default")
     mnemonic = {"vpdpbusd": "vpdpbusd", "pmaddwd": "vpmaddwd"}[kind]
     assert count_instruction(assembly(executable), mnemonic) > 0

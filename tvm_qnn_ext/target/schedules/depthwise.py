@@ -4,10 +4,11 @@ Each output pixel is ``kh * kw`` multiply-adds per channel with no reduction ove
 the channel axis (innermost in NHWC) becomes SIMD lanes.  Two forms:
 
 * **packed taps** (op/packed_depthwise.py, targets with ``vpdpbusd``): per output row (or pair of
-  rows) the input is packed so that each int32 lane holds four kernel rows of its channel; one
-  ``vpdpbusd`` per kernel column then adds four taps of 16 channels (tensorized with
-  target/depthwise_intrin.py).  A block of output columns keeps its accumulators in registers
-  and the fused epilogue (requantize, clip) runs on it before it is stored.
+  rows, or once per input row for tall kernels) the input is packed so that each int32 lane
+  holds four kernel rows of its channel; one ``vpdpbusd`` per kernel column then adds four taps
+  of 16 channels (tensorized with target/depthwise_intrin.py).  A block of output columns keeps
+  its accumulators in registers and the fused epilogue (requantize, clip) runs on it before it
+  is stored; with padded channels the epilogue runs per column block over the real channels.
 * **portable** (every other target, runtime weights, channel multipliers): per (output row,
   output column block, channel block) the accumulator lives in registers, the zero-point padding
   is computed per output row into a small buffer, widening multiplies per tap.
@@ -21,9 +22,11 @@ from tvm import s_tir, tirx
 from tvm.error import InternalError
 from tvm.s_tir.schedule import SBlockRV, ScheduleError
 
+from ...op.packed_depthwise import PER_INPUT_ROW
 from ...op.packed_dot import DOT_ANNOTATION
 from .. import depthwise_intrin
 from ..schedule import RuleContext, schedule_rule
+from .dot_tiling import PARALLEL_MIN_MACS, vectorize_channels
 
 # int32 lanes per channel block: one 512-bit register (LLVM splits it on narrower targets).
 CHANNEL_BLOCK = 16
@@ -115,8 +118,9 @@ def _nhwc(
 
 
 def _packed(sch: s_tir.Schedule, dot: SBlockRV) -> str:
-    """The ``vpdpbusd`` form of op/packed_depthwise.py: taps packed per output row, then one
-    instruction per (kernel column, group of four kernel rows) and block of channels."""
+    """The ``vpdpbusd`` form of op/packed_depthwise.py: taps packed per output row (or once per
+    input row, before the rows), then one instruction per (kernel column, group of four kernel
+    rows) and block of channels."""
     loops = sch.get_loops(dot)
     if len(loops) != 7:
         raise Unschedulable(f"expected 7 loops in the packed depthwise kernel, got {len(loops)}")
@@ -128,31 +132,74 @@ def _packed(sch: s_tir.Schedule, dot: SBlockRV) -> str:
     cols = _packed_columns(width)
     (pack,) = [p for p in sch.get_producers(dot) if sch.get(p).name_hint == "pack_taps"]
     epilogue = _packed_epilogue(sch, dot)
-    oho, ohi = sch.split(oh, [None, per_pack])
+    channels, real_channels = _extent(sch, c), _extent(sch, sch.get_loops(epilogue[-1])[-1])
+    padded = channels != real_channels
+    # as dot_tiling's kernels, small ones stay on the calling thread: keyword spotting's 49-row
+    # 9x1 layers on 120 channels (75k padded taps) took longer on two threads than on one
+    # (pacman_v3 at 2 threads: 0.11 -> 0.09 ms); MobileNetV2's smallest has 564k
+    taps = _extent(sch, rg) * _extent(sch, rw) * _extent(sch, rk)
+    threaded = _extent(sch, n) * _extent(sch, oh) * width * channels * taps >= PARALLEL_MIN_MACS
+    oho, ohi = sch.split(oh, [None, max(per_pack, 1)])
     rows = sch.fuse(n, oho)
     co, ci = sch.split(c, [None, lanes])
     owo, owi = sch.split(ow, [None, cols])
-    sch.reorder(rows, ohi, co, owo, rg, rw, owi, ci, rk)
-    sch.parallel(rows)
-    sch.compute_at(pack, rows)
-    pack_c = sch.get_loops(pack)[-1]
-    sch.vectorize(sch.split(pack_c, [None, lanes])[1])
+    if padded:
+        # the epilogue runs over the real channels of a column block, in whole vectors plus
+        # a remainder, after the dot products of all (padded) channel blocks
+        sch.reorder(rows, ohi, owo, co, rg, rw, owi, ci, rk)
+    else:
+        sch.reorder(rows, ohi, co, owo, rg, rw, owi, ci, rk)
+    if threaded:
+        sch.parallel(rows)
+    if per_pack == PER_INPUT_ROW:
+        # every output row reads words of several input rows: pad and pack them all first, on
+        # one thread (two more thread-pool launches cost more than this little work: KWS at
+        # 2 threads 0.099 -> 0.128 ms with them)
+        (pad,) = sch.get_producers(pack)
+        pad_c = sch.get_loops(pad)[-1]
+        vector = next(w for w in (64, 32, 16, 8, 4, 2, 1) if _extent(sch, pad_c) % w == 0)
+        sch.vectorize(sch.split(pad_c, [None, vector])[1])
+    else:
+        sch.compute_at(pack, rows)
+    names = [sch.get(b).name_hint for b in epilogue]
     for block in epilogue:
         sch.reverse_compute_at(block, owo)
-        e_c = sch.get_loops(block)[-1]
-        if lanes > EPILOGUE_LANES:
-            e_c = sch.split(e_c, [None, EPILOGUE_LANES])[1]
-        sch.vectorize(e_c)
+        if not padded:
+            e_c = sch.get_loops(block)[-1]
+            if lanes > EPILOGUE_LANES:
+                e_c = sch.split(e_c, [None, EPILOGUE_LANES])[1]
+            sch.vectorize(e_c)
     init = sch.decompose_reduction(dot, rg)
     sch.vectorize(sch.get_loops(init)[-1])
     index_dtype = str(sch.get(ci).loop_var.ty)
     sch.tensorize(ci, depthwise_intrin.register(variant, index_dtype))
     sch.unroll(rw)
     sch.unroll(owi)
+    _vectorize_padded(sch, pack, lanes, real_channels)
+    if padded:
+        for name in names:  # last: the remainder's loop partition renews the block handles
+            vectorize_channels(sch, sch.get_sblock(name), lanes)
+    packing = "input row" if per_pack == PER_INPUT_ROW else f"{per_pack} output row(s)"
+    padding = f", channels padded to {channels}" if padded else ""
+    threads = "rows in parallel" if threaded else "one thread"
     return (
-        f"NHWC packed taps, {variant.replace('_x', ' x')} lanes x {cols} columns, taps packed per "
-        f"{per_pack} output row(s), rows in parallel"
+        f"NHWC packed taps, {variant.replace('_x', ' x')} lanes x {cols} columns{padding}, taps "
+        f"packed per {packing}, {threads}"
     )
+
+
+def _vectorize_padded(sch: s_tir.Schedule, block: SBlockRV, lanes: int, real: int) -> None:
+    """Vectorize a block's channel loop: ``lanes`` steps over the ``real`` channels' whole
+    vectors, then one step each over the remaining real channels and over the padding (both
+    under ``lanes``, a multiple of PAD_GRANULE), so that the block's ``c < real`` test is
+    decided per step."""
+    loop = sch.get_loops(block)[-1]
+    extent = _extent(sch, loop)
+    body = real // lanes * lanes
+    parts = [n for n in (body, real - body, extent - real) if n]
+    loops = sch.loop_partition(loop, parts[:-1] + [None]) if len(parts) > 1 else [loop]
+    for i, part in enumerate(loops):
+        sch.vectorize(sch.split(part, [None, lanes])[1] if i == 0 and body else part)
 
 
 def _packed_columns(width: int) -> int:
