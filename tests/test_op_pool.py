@@ -79,6 +79,20 @@ def test_pool_matches_reference(name):
         np.testing.assert_array_equal(got, want, err_msg=str(case.meta))
 
 
+@pytest.mark.parametrize("fill", [-32768, 32767])
+def test_avg_pool_window_sum_beyond_int32(fill):
+    """An int16 window of 256 x 256 sums to +-2^31 and more with the rounding half: the
+    legalization must accumulate in int64 there (it uses int32 for smaller windows)."""
+    rng = np.random.default_rng(3)
+    x = np.full((1, 256, 256, 2), fill, np.int16)
+    x[0, rng.integers(0, 256, 40), rng.integers(0, 256, 40), 1] = -fill - 1
+    kw = dict(pool_size=(256, 256), strides=(1, 1), layout="NHWC")
+    cases = [Case([x], lambda a: op.avg_pool2d(a, **kw), kw)]
+    (got,) = run_cases(cases)
+    np.testing.assert_array_equal(got, ref.avg_pool2d(x, **kw))
+    assert got[0, 0, 0, 0] == fill
+
+
 def _axes(rng, rank: int) -> list[int]:
     if rank == 4 and rng.random() < 0.4:
         return [1, 2] if rng.random() < 0.7 else [-2, 1]
