@@ -93,6 +93,18 @@ def test_avg_pool_window_sum_beyond_int32(fill):
     assert got[0, 0, 0, 0] == fill
 
 
+@pytest.mark.parametrize("fill", [-32768, 32767])
+def test_mean_sum_beyond_int32(fill):
+    """qnn.mean over 257 x 256 int16 values, in a mode that rescales the whole int64 sum (the
+    TFLite modes take it modulo 2^32, as LiteRT does)."""
+    x = np.full((1, 257, 256, 2), fill, np.int16)
+    x[0, :3, :5, 1] = 0
+    kw = dict(axis=[1, 2], keepdims=True, input_scale=0.5, input_zero_point=0, output_scale=0.5,
+              output_zero_point=0, out_dtype="int16", rounding="upward")  # fmt: skip
+    (got,) = run_cases([Case([x], lambda a: op.mean(a, **kw), kw)])
+    np.testing.assert_array_equal(got, ref.mean(x, **kw))
+
+
 def _axes(rng, rank: int) -> list[int]:
     if rank == 4 and rng.random() < 0.4:
         return [1, 2] if rng.random() < 0.7 else [-2, 1]
