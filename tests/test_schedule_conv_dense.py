@@ -16,6 +16,7 @@ from tvm_qnn_ext import op
 from tvm_qnn_ext.quantization import conv as ref
 from tvm_qnn_ext.quantization import requantize
 from tvm_qnn_ext.target import detect_cpu, dot_product, resolve_target
+from tvm_qnn_ext.target.schedules.dot_tiling import Tile, choose_tile
 from tvm_qnn_ext.testing.batch import Case, build_module
 from tvm_qnn_ext.transform import run_stages
 
@@ -181,3 +182,42 @@ def test_every_model_matches_litert_per_instruction_set(models, name):
     target = _runnable(name)
     for path in models.values():
         _matches_litert(path, target, 5)
+
+
+def _column_case(rng, h: int, c: int, o: int, kh: int) -> Case:
+    """A conv on an H x 1 map (keyword spotting's layout), requantized per channel."""
+    x = _rand_int(rng, (1, h, 1, c), "int8")
+    weight = _rand_int(rng, (o, kh, 1, c), "int8")
+    bias = rng.integers(-(2**20), 2**20, o).astype("int32")
+    pad = (kh // 2, 0, kh // 2, 0)
+    attrs = dict(padding=pad, input_zero_point=_zp(rng, "int8"), kernel_zero_point=0)
+    scales = list(rng.uniform(1e-5, 1e-3, o))
+    expected = requantize(ref.conv2d(x, weight, bias, **attrs), scales, 0, 0.05, 3, "int8", axis=3)
+
+    def build(xv):
+        expr = op.conv2d(xv, relax.const(weight), relax.const(bias), **attrs)
+        return op.requantize(expr, scales, 0, 0.05, 3, "int8", axis=3)
+
+    return Case([x], build, dict(attrs, expected=expected, shape=(x.shape, weight.shape)))
+
+
+def test_column_maps_tile_along_the_height():
+    """H x 1 maps are tiled over several rows of the height, and a tile that splits the
+    output channels splits them evenly (120 real of 128 padded: all blocks in one tile)."""
+    target = _runnable("avx512_vnni")
+    rng = np.random.default_rng(7)
+    shapes = [(49, 40, 120, 1), (49, 120, 40, 1), (98, 104, 40, 3), (13, 40, 120, 1)]
+    reports = _check([_column_case(rng, *s) for s in shapes], target)
+    tiles = [r.split(" tile ")[1].split()[0] for r in reports if ": avx512_vnni tile" in r]
+    rows = [int(t.split("x")[0]) for t in tiles]
+    assert len(tiles) == len(shapes) and max(rows) > 1, reports
+    assert "1x8" in tiles, tiles  # 40 -> 120 channels (of 128): a tile spans all 8 blocks
+
+
+def test_choose_tile_keeps_padded_channels_in_whole_tiles():
+    vnni = dot_product.BY_NAME["avx512_vnni"]
+    assert choose_tile(49, 8, vnni) == Tile(7, 2)  # all 128 channels real: any split
+    assert choose_tile(49, 8, vnni, channels=120) == Tile(1, 8)
+    assert choose_tile(49, 8, vnni, channels=96) == Tile(7, 2)  # 96 = 3 x 32
+    # no tile spans 1000 of 1008 channels evenly within the budget: the predicate stays
+    assert choose_tile(1, 63, vnni, channels=1000).blocks in (1, 3, 7, 9, 21)

@@ -3,8 +3,9 @@
 The block's loops must be ``[spatial..., channel, reduction...]`` where ``channel`` (padded output
 channels) is a multiple of the instruction's ``lanes`` and the last reduction loop (padded input
 channels) a multiple of its ``reduction``; the weights are packed so one ``lanes x reduction``
-tile is contiguous.  The output tile is ``rows`` positions of the last spatial axis by
-``blocks * lanes`` channels, kept in registers while the whole reduction runs.
+tile is contiguous.  The output tile is ``rows`` positions of the last spatial axis (of the
+height when the width is 1) by ``blocks * lanes`` channels, kept in registers while the whole
+reduction runs.
 """
 
 from __future__ import annotations
@@ -36,18 +37,28 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def choose_tile(width: int, channel_blocks: int, ins: DotInstruction) -> Tile:
+def choose_tile(
+    width: int, channel_blocks: int, ins: DotInstruction, channels: int | None = None
+) -> Tile:
     """The largest register tile (rows x blocks accumulators) within the instruction's budget.
 
     Both factors divide their extents so no tile needs a predicate (tensorize needs full tiles,
-    and the epilogue's region must be a rectangle).
+    and the epilogue's region must be a rectangle).  With ``channels`` (the real ones, fewer
+    than the padded blocks hold) a tile spans either all blocks or a multiple of them that
+    divides ``channels`` where one can: otherwise the epilogue of the last channel tile, over
+    fewer channels than the others, gets a predicate and is not vectorized.
     """
-    candidates = [
+    real = channels if channels is not None else channel_blocks * ins.lanes
+    fits = [
         Tile(r, b)
         for r in _divisors(width)
         for b in _divisors(channel_blocks)
         if r <= MAX_ROWS and r * b <= ins.max_accumulators
     ]
+    # (when no tile spans the channels evenly, e.g. 1000 classes, the predicate stays)
+    candidates = [
+        t for t in fits if t.blocks == channel_blocks or real % (t.blocks * ins.lanes) == 0
+    ] or fits
     # most accumulators, then the squarest tile (fewest loads per instruction)
     return max(candidates, key=lambda t: (t.rows * t.blocks, min(t.rows, t.blocks), t.blocks))
 
@@ -71,7 +82,13 @@ def tile_dot(
     loops = sch.get_loops(block)
     work = loop_volume(sch, loops)
     spatial, channel, reduction = loops[:n_spatial], loops[n_spatial], loops[n_spatial + 1 :]
-    tile = choose_tile(_extent(sch, spatial[-1]), _extent(sch, channel) // ins.lanes, ins)
+    if len(spatial) >= 2 and _extent(sch, spatial[-1]) == 1:
+        # one position per row (keyword spotting's H x 1 maps): tile along the height instead,
+        # so that a tile's rows share weight loads and per-channel epilogue constants
+        # (alexa, on_off_v3, pacman_v3 1.06x)
+        spatial = spatial[:-2] + [sch.fuse(spatial[-2], spatial[-1])]
+    real = _extent(sch, sch.get_loops(epilogue)[-1]) if epilogue is not None else None
+    tile = choose_tile(_extent(sch, spatial[-1]), _extent(sch, channel) // ins.lanes, ins, real)
     s_out, s_in = sch.split(spatial[-1], [None, tile.rows])
     c_out, c_blk, c_lane = sch.split(channel, [None, tile.blocks, ins.lanes])
     k_out, k_in = sch.split(reduction[-1], [None, ins.reduction])
