@@ -259,3 +259,25 @@ def test_reduction_rule_takes_window_reductions_only():
     )
     assert schedule_reduction(_reduction_kernel(True, False)) is None
     assert schedule_reduction(_reduction_kernel(False, True)) is None
+
+
+def test_few_channel_input_pad_is_not_built_byte_by_byte():
+    """An RGB input padded to 4 channels: the pad's channel loop is unrolled, not vectorized
+    (where LLVM assembled each 4-byte vector byte by byte, 2.5x slower on a 96x96 stem)."""
+    rng = np.random.default_rng(11)
+    x = rng.integers(-128, 128, (1, 40, 40, 3), dtype=np.int8)
+    w = rng.integers(-127, 128, (8, 3, 3, 3), dtype=np.int8)
+    bias = rng.integers(-3000, 3000, 8).astype(np.int32)
+    scales = list(rng.uniform(1e-4, 1e-3, 8))
+    attrs = dict(strides=(2, 2), padding=(1, 1, 1, 1), input_zero_point=-7)
+    expected = requantize(ref.conv2d(x, w, bias, **attrs), scales, 0, 0.05, -2, "int8", axis=3)
+
+    def make(xv):
+        acc = op.conv2d(xv, relax.const(w), relax.const(bias), **attrs)
+        return op.requantize(acc, scales, 0, 0.05, -2, "int8", axis=3)
+
+    got, _, mod, _ = _single_op_kernel(x, make)
+    np.testing.assert_array_equal(got, expected)
+    (kernel,) = [f for gv, f in mod.functions.items() if "conv2d" in gv.name_hint]
+    pad_loops = kernel.script().split('T.sblock("pad")')[0].split("T.sblock_alloc_buffer")[-1]
+    assert "T.unroll(T.int64(4))" in pad_loops and "T.vectorized" not in pad_loops, pad_loops
