@@ -13,6 +13,7 @@ import tvm
 from tvm import relax
 
 from tvm_qnn_ext import op
+from tvm_qnn_ext.op.packed_dot import padded_width
 from tvm_qnn_ext.quantization import conv as ref
 from tvm_qnn_ext.quantization import requantize
 from tvm_qnn_ext.target import detect_cpu, dot_product, resolve_target
@@ -221,3 +222,33 @@ def test_choose_tile_keeps_padded_channels_in_whole_tiles():
     assert choose_tile(49, 8, vnni, channels=96) == Tile(7, 2)  # 96 = 3 x 32
     # no tile spans 1000 of 1008 channels evenly within the budget: the predicate stays
     assert choose_tile(1, 63, vnni, channels=1000).blocks in (1, 3, 7, 9, 21)
+
+
+@pytest.mark.parametrize(
+    "c, kernel, wdtype", [(1, (3, 3), "int8"), (3, (3, 3), "uint8"), (16, (1, 1), "int8")]
+)
+def test_prime_widths_run_in_padded_tiles(c, kernel, wdtype):
+    """23 output columns (no tile of 8-16 divides them) are computed as 24, in whole tiles,
+    and the extra column is never stored: flat rows (1 channel), per-tap taps with a weight
+    zero point (window sums), and a 1x1 conv."""
+    target = _runnable("avx512_vnni")
+    rng = np.random.default_rng(c)
+    kh, kw = kernel
+    x = _rand_int(rng, (1, 9, 23 + kw - 1, c), "int8")
+    weight = _rand_int(rng, (16, kh, kw, c), wdtype)
+    bias = rng.integers(-(2**20), 2**20, 16).astype("int32")
+    kzp = 0 if wdtype == "int8" else [_zp(rng, wdtype) for _ in range(16)]
+    attrs = dict(input_zero_point=_zp(rng, "int8"), kernel_zero_point=kzp)
+    scales = list(rng.uniform(1e-5, 1e-3, 16))
+    acc = ref.conv2d(x, weight, bias, **attrs)
+    expected = requantize(acc, scales, 0, 0.05, 3, "int8", axis=3)
+
+    def build(xv):
+        expr = op.conv2d(xv, relax.const(weight), relax.const(bias), **attrs)
+        return op.requantize(expr, scales, 0, 0.05, 3, "int8", axis=3)
+
+    reports = _check([Case([x], build, dict(attrs, expected=expected))], target)
+    (tile,) = [r.split(" tile ")[1].split()[0] for r in reports if ": avx512_vnni tile" in r]
+    assert int(tile.split("x")[0]) in (8, 12, 24), reports  # rows dividing 24, not 23 or 1
+    assert padded_width(23) == 24 and padded_width(82) == 84 and padded_width(112) == 112
+    assert padded_width(16) == 16 and padded_width(17) == 18

@@ -90,7 +90,23 @@ def legalize_conv2d(bb, call: relax.Call, g: Geometry, ins: dot_product.DotInstr
     )
 
 
-def _pad_input(x, g: Geometry, zx: int, x_shift: int, dtype: str, channels: int) -> te.Tensor:
+# Output columns per register tile the schedule can choose from (dot_tiling.MAX_ROWS)
+TILE_ROWS = range(8, 17)
+
+
+def padded_width(ow: int) -> int:
+    """The output columns the dot computes: ``ow``, or ``ow`` rounded up to whole tiles of 8-16
+    columns when no such tile divides it (rock_paper_scissors' 82 = 2 x 41 columns: 84, in
+    14-column tiles, instead of 2-column tiles that wait on the instruction's latency).  The
+    extra columns read zero-point padding and are never stored."""
+    if ow <= TILE_ROWS[-1] or any(ow % r == 0 for r in TILE_ROWS):
+        return ow
+    return min((round_up(ow, r) for r in reversed(TILE_ROWS)), key=lambda w: w - ow)
+
+
+def _pad_input(
+    x, g: Geometry, zx: int, x_shift: int, dtype: str, channels: int, extra: int = 0
+) -> te.Tensor:
     pt, pl, pb, pr = g.padding
 
     def elem(n, h, w, c):
@@ -101,7 +117,7 @@ def _pad_input(x, g: Geometry, zx: int, x_shift: int, dtype: str, channels: int)
             return v
         return tirx.if_then_else(c < g.c, v, tirx.const(0, dtype))
 
-    shape = (g.n, g.h + pt + pb, g.w + pl + pr, channels)
+    shape = (g.n, g.h + pt + pb, g.w + pl + pr + extra, channels)
     return te.compute(shape, elem, name="pad")
 
 
@@ -137,8 +153,9 @@ def _pad_rows(x, g: Geometry, zx: int, x_shift: int, dtype: str, tail: int) -> t
 def _conv2d_flat_rows_te(x, wp, offset, zw, bias, g, parts, ins, x_shift):
     lanes, red = ins.lanes, ins.reduction
     row, op = g.kw * g.c, round_up(g.o, lanes)
-    rowp = round_up(row, red)
-    xp = _pad_rows(x, g, parts.zx, x_shift, ins.a_dtype, rowp - row)
+    rowp, owp = round_up(row, red), padded_width(g.ow)
+    extra = (owp - g.ow) * g.strides[1] * g.c
+    xp = _pad_rows(x, g, parts.zx, x_shift, ins.a_dtype, rowp - row + extra)
     (sh, sw), (dh, _) = g.strides, g.dilation
     rh = te.reduce_axis((0, g.kh), name="rh")
     rj = te.reduce_axis((0, rowp), name="rj")
@@ -149,7 +166,7 @@ def _conv2d_flat_rows_te(x, wp, offset, zw, bias, g, parts, ins, x_shift):
         return te.sum(a * b, axis=[rh, rj])
 
     attrs = {ANNOTATION: "conv2d", DOT_ANNOTATION: ins.name}
-    acc = te.compute((g.n, g.oh, g.ow, op), dot, name="dot", attrs=attrs)
+    acc = te.compute((g.n, g.oh, owp, op), dot, name="dot", attrs=attrs)
     window_sum = None
     if parts.needs_window_sum:
         rh2 = te.reduce_axis((0, g.kh), name="rh")
@@ -166,9 +183,10 @@ def _conv2d_flat_rows_te(x, wp, offset, zw, bias, g, parts, ins, x_shift):
 
 def _conv2d_te(x, wp, offset, zw, bias, g, parts, ins, x_shift):
     lanes, red = ins.lanes, ins.reduction
-    cp, op = round_up(g.c, red), round_up(g.o, lanes)
-    needs_pad = any(g.padding) or x_shift or cp != g.c
-    xp = _pad_input(x, g, parts.zx, x_shift, ins.a_dtype, cp) if needs_pad else x
+    cp, op, owp = round_up(g.c, red), round_up(g.o, lanes), padded_width(g.ow)
+    extra = (owp - g.ow) * g.strides[1]
+    needs_pad = any(g.padding) or x_shift or cp != g.c or extra
+    xp = _pad_input(x, g, parts.zx, x_shift, ins.a_dtype, cp, extra) if needs_pad else x
     (sh, sw), (dh, dw) = g.strides, g.dilation
     rh = te.reduce_axis((0, g.kh), name="rh")
     rw = te.reduce_axis((0, g.kw), name="rw")
@@ -180,7 +198,7 @@ def _conv2d_te(x, wp, offset, zw, bias, g, parts, ins, x_shift):
         return te.sum(a * b, axis=[rh, rw, rc])
 
     attrs = {ANNOTATION: "conv2d", DOT_ANNOTATION: ins.name}
-    acc = te.compute((g.n, g.oh, g.ow, op), dot, name="dot", attrs=attrs)
+    acc = te.compute((g.n, g.oh, owp, op), dot, name="dot", attrs=attrs)
     window_sum = None
     if parts.needs_window_sum:
         rh2 = te.reduce_axis((0, g.kh), name="rh")

@@ -163,14 +163,15 @@ def schedule_dot_kernel(
 
 
 def _same_domain(sch: s_tir.Schedule, epilogue: SBlockRV, anchor: SBlockRV) -> bool:
-    """Whether the epilogue iterates over exactly the dot's outputs (minus channel padding).
+    """Whether the epilogue iterates over the dot's outputs (minus padded channels and
+    columns).
 
     A fused PAD, for one, writes a larger tensor: computed per tile, its border would be
     skipped, so such an epilogue must run on its own.
     """
     dot = [int(iv.dom.extent) for iv in sch.get(anchor).iter_vars if int(iv.iter_type) == 0]
     out = [int(iv.dom.extent) for iv in sch.get(epilogue).iter_vars]
-    return len(out) == len(dot) and out[:-1] == dot[:-1] and out[-1] <= dot[-1]
+    return len(out) == len(dot) and all(o <= d for o, d in zip(out, dot, strict=True))
 
 
 def _parallel(sch: s_tir.Schedule, block: SBlockRV) -> None:
