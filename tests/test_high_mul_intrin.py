@@ -8,7 +8,8 @@ import pytest
 import tvm
 from tvm import s_tir, te
 
-from tvm_qnn_ext.op.high_mul_intrin import high_mul_call
+from tvm_qnn_ext.op.high_mul_intrin import high_mul_call, high_mul_rdbpot_call
+from tvm_qnn_ext.quantization.fixed_point import _rounding_divide_by_pot
 from tvm_qnn_ext.quantization.fixed_point import _srdhm as gemmlowp_high_mul
 from tvm_qnn_ext.target import detect_cpu, resolve_target
 from tvm_qnn_ext.target.asm import assembly, count_instruction
@@ -72,3 +73,50 @@ def test_lane_pairs_leave_no_widening_shuffles():
     assert count_instruction(asm, "vpmuldq") > 0
     for shuffle in ("vpmovsxdq", "vpmovqd", "vinserti64x4"):
         assert count_instruction(asm, shuffle) == 0, shuffle
+
+
+def _build_rdbpot(lanes: int, target):
+    x, m, e, up = (te.placeholder((N,), "int32", name=n) for n in ("x", "m", "e", "up"))
+    y = te.compute((N,), lambda i: high_mul_rdbpot_call(x[i], m[i], e[i], up[i] != 0), name="y")
+    sch = s_tir.Schedule(te.create_prim_func([x, m, e, up, y]))
+    if lanes > 1:
+        (loop,) = sch.get_loops(sch.get_sblock("y"))
+        sch.vectorize(sch.split(loop, [None, lanes])[1])
+    return tvm.compile(sch.mod, target)
+
+
+@pytest.mark.parametrize("lanes", [16, 8, 4, 3, 1])
+def test_high_mul_rdbpot_matches_gemmlowp_at_every_width(lanes):
+    """Both roundings in one int64 step equal gemmlowp's RoundingDivideByPOT of its
+    SaturatingRoundingDoublingHighMul (or, in ties-up lanes, NEON's rounding shift), for every
+    exponent 0..31 (per lane, as per-channel shifts are), extreme operands and the ties of
+    both roundings."""
+    lib = _build_rdbpot(lanes, resolve_target("native"))
+    x, m = _operands(100 + lanes)
+    rng = np.random.default_rng(lanes)
+    e = rng.integers(0, 32, N).astype(np.int32)
+    e[:32] = np.arange(32)
+    # ties of the second rounding: h = SRDHM(x, 2^30) = x / 2 (x even) at +-(k + 1/2) 2^e
+    x[32:96:2] = (np.arange(32) * 0 + 3) << np.arange(32).clip(max=28)
+    x[33:96:2] = -x[32:96:2]
+    m[32:96], e[32:96] = 1 << 30, np.repeat(np.arange(32), 2).clip(1, 29)
+    up = (rng.random(N) < 0.5).astype(np.int32)  # LiteRT's NEON ties-up lanes, per lane
+    out = tvm.runtime.tensor(np.zeros(N, np.int32))
+    lib["main"](*[tvm.runtime.tensor(a) for a in (x, m, e, up)], out)
+    high = gemmlowp_high_mul(x.astype(np.int64), m.astype(np.int64))
+    e64 = e.astype(np.int64)
+    away = _rounding_divide_by_pot(high, e64)
+    ties_up = (high + ((np.int64(1) << e64) >> 1)) >> e64  # vrshl: round half toward +inf
+    np.testing.assert_array_equal(out.numpy(), np.where(up != 0, ties_up, away))
+
+
+@pytest.mark.parametrize("mcpu, fused", [("znver4", True), ("haswell", False)])
+def test_tflite_requantize_uses_the_one_step_rounding_on_avx512(mcpu, fused):
+    """AVX-512 has the 64-bit variable arithmetic shifts the one-step rounding needs; AVX2
+    keeps the int32 rounding shift (both exact: the model tests run each)."""
+    from tvm_qnn_ext.op import fixed_point_te as fp
+
+    x = tvm.tirx.Var("x", "int32")
+    with tvm.target.Target({"kind": "llvm", "mcpu": mcpu}):
+        expr = fp.multiply_by_quantized_multiplier_i32(x, 1 << 30, -3, "tflite")
+    assert ("qnn_high_mul_rdbpot" in str(expr)) == fused, expr
